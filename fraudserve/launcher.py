@@ -1,0 +1,121 @@
+"""Start `bentoml serve` of this bundle in a subprocess on free ports, and always tear it down.
+
+Used by the integration tests, the benchmarks and the load-test helpers:
+
+    with BundleServer(env={"FRAUD_BATCHING_ENABLED": "false"}) as server:
+        httpx.post(server.url + "/predict", json=...)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class BundleServer:
+    def __init__(
+        self,
+        env: Mapping[str, str] | None = None,
+        *,
+        bentoml_home: str | os.PathLike[str] | None = None,
+        target: str = "service:FraudDetection",
+        ready_timeout_s: float = 120.0,
+        cwd: Path = PROJECT_ROOT,
+    ) -> None:
+        self.port = free_port()
+        self.grpc_port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.target = target
+        self.cwd = cwd
+        self.ready_timeout_s = ready_timeout_s
+        self.env = {
+            **os.environ,
+            "FRAUD_GRPC_PORT": str(self.grpc_port),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        if bentoml_home is not None:
+            self.env["BENTOML_HOME"] = str(bentoml_home)
+        self.log_path = Path(tempfile.mkstemp(prefix="bundle-server-", suffix=".log")[1])
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> BundleServer:
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", self.target, "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=self.cwd,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout_s: float | None = None) -> None:
+        deadline = time.monotonic() + (timeout_s or self.ready_timeout_s)
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"server not ready after {timeout_s or self.ready_timeout_s}s:\n{self.log_tail()}")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def metrics(self) -> str:
+        return httpx.get(self.url + "/metrics", timeout=10).text
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        pgid = os.getpgid(self.process.pid)
+        os.killpg(pgid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(pgid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        # Runner processes are in the same session; make sure none outlives the server.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+
+    def __enter__(self) -> BundleServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

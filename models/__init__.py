@@ -1,0 +1,1 @@
+"""Model identity: data generation, training and the model store. Nothing else names models."""

@@ -1,0 +1,99 @@
+"""Saving and loading models in the BentoML model store, with metadata and an integrity check.
+
+Each training run writes one ensemble and its member models under ONE version string, so a
+version names a consistent set. Artifacts are joblib files; their SHA-256 is recorded in the
+metadata at save time and checked before every load, so only what we wrote is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import joblib
+
+from fraudserve.ensemble import EnsembleSpec
+from fraudserve.errors import ModelStoreError
+from fraudserve.schema import FeatureSchema
+
+MEMBER_KINDS = ("hgb", "logreg", "iforest")
+ENSEMBLE = "ensemble"
+ARTIFACT = "model.joblib"
+COMBINER = "combiner.json"
+
+
+def model_name(prefix: str, kind: str) -> str:
+    return f"{prefix}_{kind}"
+
+
+def save_member(prefix: str, kind: str, version: str, estimator: Any, metadata: dict[str, Any]) -> bentoml.Tag:
+    tag = bentoml.Tag(model_name(prefix, kind), version)
+    with bentoml.models.create(tag, module="models.store", metadata=metadata, labels={"kind": kind}) as model:
+        path = Path(model.path) / ARTIFACT
+        joblib.dump(estimator, path)
+        model.info.metadata["sha256"] = _sha256(path)
+    return tag
+
+
+def save_ensemble(prefix: str, version: str, combiner: dict[str, Any], metadata: dict[str, Any]) -> bentoml.Tag:
+    tag = bentoml.Tag(model_name(prefix, ENSEMBLE), version)
+    with bentoml.models.create(tag, module="models.store", metadata=metadata, labels={"kind": ENSEMBLE}) as model:
+        path = Path(model.path) / COMBINER
+        path.write_text(json.dumps(combiner, indent=2, sort_keys=True))
+        model.info.metadata["sha256"] = _sha256(path)
+    return tag
+
+
+def resolve_version(prefix: str, version: str) -> str:
+    """Turn ``latest`` into the concrete version of the newest ensemble."""
+    try:
+        return str(bentoml.models.get(f"{model_name(prefix, ENSEMBLE)}:{version}").tag.version)
+    except bentoml.exceptions.NotFound:
+        raise ModelStoreError(
+            f"no model {model_name(prefix, ENSEMBLE)}:{version} in the store; run `make models` first"
+        ) from None
+
+
+def load_member(model: bentoml.Model) -> Any:
+    path = Path(model.path) / ARTIFACT
+    _verify(model, path)
+    return joblib.load(path)
+
+
+def load_ensemble(prefix: str, version: str) -> EnsembleSpec:
+    concrete = resolve_version(prefix, version)
+    model = bentoml.models.get(f"{model_name(prefix, ENSEMBLE)}:{concrete}")
+    path = Path(model.path) / COMBINER
+    _verify(model, path)
+    combiner = json.loads(path.read_text())
+    meta = model.info.metadata
+    return EnsembleSpec(
+        version=concrete,
+        prefix=prefix,
+        schema=FeatureSchema.model_validate_json(meta["schema"]),
+        members=tuple(combiner["members"]),
+        weights={k: float(v) for k, v in combiner["weights"].items()},
+        links={k: str(v) for k, v in combiner["links"].items()},
+        intercept=float(combiner["intercept"]),
+        threshold=float(combiner["threshold"]),
+        metrics=dict(meta.get("metrics", {})),
+    )
+
+
+def _verify(model: bentoml.Model, path: Path) -> None:
+    expected = model.info.metadata.get("sha256")
+    if not path.is_file():
+        raise ModelStoreError(f"{model.tag}: artifact {path.name} is missing")
+    if not expected or _sha256(path) != expected:
+        raise ModelStoreError(f"{model.tag}: artifact hash does not match its recorded sha256; refusing to load")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

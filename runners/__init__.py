@@ -1,0 +1,1 @@
+"""One BentoML service per model: the runners the entry service composes."""
