@@ -19,7 +19,6 @@ from fraudserve.ensemble import EnsembleSpec
 from fraudserve.errors import ModelStoreError
 from fraudserve.schema import FeatureSchema
 
-MEMBER_KINDS = ("hgb", "logreg", "iforest")
 ENSEMBLE = "ensemble"
 ARTIFACT = "model.joblib"
 COMBINER = "combiner.json"

@@ -30,9 +30,9 @@ from fraudserve.ensemble import combine
 from fraudserve.features import encode_frame
 from fraudserve.schema import Feature, FeatureSchema
 from models import store
+from models.members import LINKS, SCORE
 from models.transactions import TRANSACTION_SCHEMA, generate_transactions
 
-LINKS = {"hgb": "logit", "logreg": "logit", "iforest": "identity"}
 MAX_CATEGORIES = 64
 
 
@@ -106,10 +106,7 @@ def fit_members(schema: FeatureSchema, X: np.ndarray, y: np.ndarray, seed: int) 
 
 def member_scores(members: dict[str, Any], X: np.ndarray) -> dict[str, np.ndarray]:
     """The score each runner returns: fraud probability, or anomaly score (higher = stranger)."""
-    return {
-        kind: (-est.score_samples(X) if kind == "iforest" else est.predict_proba(X)[:, 1])
-        for kind, est in members.items()
-    }
+    return {kind: SCORE[kind](est, X) for kind, est in members.items()}
 
 
 def train(

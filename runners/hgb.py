@@ -1,5 +1,6 @@
 """Gradient-boosted trees: the strongest single fraud classifier."""
 
+from models.members import SCORE
 from runners.factory import build_runner
 
-HgbRunner = build_runner("hgb", lambda model, x: model.predict_proba(x)[:, 1])
+HgbRunner = build_runner("hgb", SCORE["hgb"])

@@ -1,5 +1,6 @@
 """Isolation forest fitted on legitimate traffic: an anomaly score, higher is stranger."""
 
+from models.members import SCORE
 from runners.factory import build_runner
 
-IforestRunner = build_runner("iforest", lambda model, x: -model.score_samples(x))
+IforestRunner = build_runner("iforest", SCORE["iforest"])

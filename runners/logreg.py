@@ -1,5 +1,6 @@
 """Scaled logistic regression: a calibrated linear view of the same features."""
 
+from models.members import SCORE
 from runners.factory import build_runner
 
-LogregRunner = build_runner("logreg", lambda model, x: model.predict_proba(x)[:, 1])
+LogregRunner = build_runner("logreg", SCORE["logreg"])
