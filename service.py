@@ -13,8 +13,7 @@ from typing import Annotated, Any
 
 import bentoml
 import numpy as np
-from pydantic import Field
-from starlette.responses import JSONResponse
+from pydantic import BeforeValidator, Field
 
 from fraudserve.http_errors import error_response
 from fraudserve.inference import InferenceCore, PredictResponse
@@ -31,8 +30,9 @@ SPEC = store.load_ensemble(settings.model_prefix, settings.model_version)
 Transaction = SPEC.schema.pydantic_model("Transaction")
 
 TransactionsIn = Annotated[
-    list[Transaction] | Transaction,  # type: ignore[valid-type]
-    Field(description="One transaction, or a list of them (at most FRAUD_MAX_ROWS_PER_REQUEST)."),
+    list[Transaction],  # type: ignore[valid-type]
+    BeforeValidator(lambda value: [value] if isinstance(value, dict) else value),
+    Field(description="A list of transactions (a single object is accepted too), at most FRAUD_MAX_ROWS_PER_REQUEST."),
 ]
 
 
@@ -61,9 +61,8 @@ class FraudDetection:
     @bentoml.api(route="/predict")
     async def predict(self, transactions: TransactionsIn) -> PredictResponse:
         """Score one transaction or a list: ensemble probability, decision, per-model scores."""
-        rows = transactions if isinstance(transactions, list) else [transactions]
         try:
-            scored = await self.core.predict([row.model_dump() for row in rows], transport="rest")
+            scored = await self.core.predict([row.model_dump() for row in transactions], transport="rest")
         except Exception as exc:  # noqa: BLE001 - the HTTP boundary maps every error once
             return error_response(exc)  # type: ignore[return-value]
         return scored.to_response()
@@ -88,6 +87,3 @@ class FraudDetection:
         except Exception as exc:  # noqa: BLE001 - any failure means not ready
             log.warning("readiness probe failed: %r", exc)
             return False
-
-
-__all__ = ["FraudDetection", "JSONResponse"]

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     runner_timeout_s: float = Field(60.0, gt=0, description="Timeout of one runner call.")
     api_workers: int = Field(1, ge=1, description="Worker processes of the entry service.")
     runner_workers: int = Field(1, ge=1, description="Worker processes of each model runner.")
+    runner_threads: int = Field(
+        1,
+        ge=1,
+        description="BLAS/OpenMP threads per runner process (several runners share the cores).",
+    )
     ready_probe_timeout_s: float = Field(5.0, gt=0, description="Deadline of the /readyz probe.")
     grpc_port: int = Field(8001, ge=0, le=65535, description="Port of the OIP gRPC server.")
     grpc_enabled: bool = Field(True, description="Start the OIP gRPC server in each API worker.")

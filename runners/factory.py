@@ -14,6 +14,7 @@ from typing import Any
 
 import bentoml
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from fraudserve.metrics import RUNNER_BATCH_ROWS, RUNNER_LATENCY
 from fraudserve.settings import get_settings
@@ -38,6 +39,7 @@ def build_runner(kind: str, scorer: Scorer) -> Any:
         model_ref = bentoml.models.BentoModel(tag)
 
         def __init__(self) -> None:
+            threadpool_limits(limits=settings.runner_threads)
             self.model = store.load_member(self.model_ref)
             self.tag = tag
 

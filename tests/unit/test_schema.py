@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from fraudserve.errors import InvalidInput
+from fraudserve.schema import Feature, FeatureSchema
+from models.transactions import TRANSACTION_SCHEMA, generate_transactions
+
+ROW = {
+    "amount": 120.5,
+    "hour": 3,
+    "merchant_category": "electronics",
+    "distance_from_home_km": 800.0,
+    "card_present": False,
+    "is_foreign": True,
+    "txn_count_1h": 4,
+    "txn_count_24h": 9,
+    "amount_avg_30d": 40.0,
+    "account_age_days": 20,
+}
+
+
+def test_encode_records_orders_columns_by_schema() -> None:
+    matrix = TRANSACTION_SCHEMA.encode_records([ROW])
+    assert matrix.shape == (1, len(TRANSACTION_SCHEMA.features))
+    assert matrix[0, TRANSACTION_SCHEMA.names.index("merchant_category")] == 7.0  # index of "electronics"
+    assert matrix[0, TRANSACTION_SCHEMA.names.index("card_present")] == 0.0
+    assert matrix[0, TRANSACTION_SCHEMA.names.index("amount")] == 120.5
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ({"amount": None}, "transactions[0].amount", "required"),
+        ({"amount": "12"}, "transactions[0].amount", "number"),
+        ({"amount": math.nan}, "transactions[0].amount", "finite"),
+        ({"amount": math.inf}, "transactions[0].amount", "finite"),
+        ({"amount": -1.0}, "transactions[0].amount", "out of range"),
+        ({"hour": 24}, "transactions[0].hour", "out of range"),
+        ({"hour": 3.5}, "transactions[0].hour", "integer"),
+        ({"merchant_category": "casino"}, "transactions[0].merchant_category", "unknown category"),
+        ({"card_present": "yes"}, "transactions[0].card_present", "boolean"),
+        ({"is_foreign": True, "txn_count_1h": True}, "transactions[0].txn_count_1h", "number"),
+    ],
+)
+def test_encode_records_names_the_bad_field(change: dict[str, object], field: str, message: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        TRANSACTION_SCHEMA.encode_records([{**ROW, **change}], prefix="transactions")
+    assert info.value.field == field
+    assert message in info.value.message
+
+
+def test_pydantic_model_rejects_bad_rows_and_extra_fields() -> None:
+    model = TRANSACTION_SCHEMA.pydantic_model()
+    assert model.model_validate(ROW).model_dump() == ROW
+    for bad in ({**ROW, "amount": math.nan}, {**ROW, "hour": -1}, {**ROW, "merchant_category": "x"}, {**ROW, "x": 1}):
+        with pytest.raises(ValidationError):
+            model.model_validate(bad)
+    missing = dict(ROW)
+    del missing["hour"]
+    with pytest.raises(ValidationError) as info:
+        model.model_validate(missing)
+    assert info.value.errors()[0]["loc"] == ("hour",)
+
+
+def test_validate_matrix_checks_shape_and_cells() -> None:
+    good = TRANSACTION_SCHEMA.encode_records([ROW, ROW])
+    assert TRANSACTION_SCHEMA.validate_matrix(good) is good
+    with pytest.raises(InvalidInput, match="shape"):
+        TRANSACTION_SCHEMA.validate_matrix(good[:, :3])
+    bad = good.copy()
+    bad[1, TRANSACTION_SCHEMA.names.index("merchant_category")] = 42
+    with pytest.raises(InvalidInput) as info:
+        TRANSACTION_SCHEMA.validate_matrix(bad, prefix="features")
+    assert info.value.field == "features[1].merchant_category"
+
+
+def test_generated_data_fits_its_schema() -> None:
+    frame = generate_transactions(5_000, seed=3)
+    matrix = TRANSACTION_SCHEMA.encode_records(frame.drop(columns="is_fraud").to_dict("records"))
+    assert np.isfinite(matrix).all()
+    assert 0.005 < frame["is_fraud"].mean() < 0.03
+
+
+def test_generator_is_seeded() -> None:
+    assert generate_transactions(500, seed=1).equals(generate_transactions(500, seed=1))
+    assert not generate_transactions(500, seed=1).equals(generate_transactions(500, seed=2))
+
+
+def test_schema_rejects_inconsistent_definitions() -> None:
+    with pytest.raises(ValidationError):
+        Feature(name="c", kind="category")
+    with pytest.raises(ValidationError):
+        Feature(name="x", kind="float", minimum=2, maximum=1)
+    with pytest.raises(ValidationError):
+        FeatureSchema(features=(Feature(name="a", kind="bool"), Feature(name="a", kind="bool")))
