@@ -2,6 +2,7 @@
 PY := .venv/bin/python
 BENTOML := .venv/bin/bentoml
 export PYTHONDONTWRITEBYTECODE := 1
+export BENTOML_DO_NOT_TRACK := true
 
 .PHONY: venv models serve test test-slow lint format bench
 

@@ -51,6 +51,7 @@ class BundleServer:
             **os.environ,
             "FRAUD_GRPC_PORT": str(self.grpc_port),
             "PYTHONUNBUFFERED": "1",
+            "BENTOML_DO_NOT_TRACK": "true",
             **(env or {}),
         }
         if bentoml_home is not None:
