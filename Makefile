@@ -4,7 +4,7 @@ BENTOML := .venv/bin/bentoml
 export PYTHONDONTWRITEBYTECODE := 1
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: venv models serve test test-slow lint format bench
+.PHONY: venv models serve test test-slow lint format bench spark bench-batch
 
 venv:
 	@bash scripts/bootstrap.sh
@@ -29,3 +29,10 @@ format: venv
 
 bench: models  ## REST throughput batched vs unbatched vs raw model; writes benchmarks/results/
 	$(PY) -m benchmarks.rest_batching
+
+spark: venv  ## optional Spark engine of fraud-batch: pyspark + Java 17
+	bash scripts/system-deps.sh java
+	.venv/bin/pip install -r requirements-spark.txt
+
+bench-batch: models  ## fraud-batch local engine vs raw model rate, 1M and 10M rows; writes benchmarks/results/batch.json
+	$(PY) -m benchmarks.batch

@@ -40,7 +40,7 @@ def encode_frame(schema: FeatureSchema, frame: pd.DataFrame) -> EncodedFrame:
         else:
             matrix[:, c] = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     bad = invalid_mask(schema, matrix) | unknown
-    valid = ~bad.any(axis=1)
+    valid: np.ndarray = np.asarray(~bad.any(axis=1))
     reasons: dict[int, str] = {}
     if not valid.all():
         for r in np.flatnonzero(~valid):

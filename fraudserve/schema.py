@@ -191,12 +191,12 @@ def _range_text(f: Feature) -> str:
 
 
 def _pydantic_field(f: Feature) -> Any:
-    meta = {"description": f.description or None}
+    description = f.description or None
     if f.kind == "category":
         assert f.categories is not None
-        return (Literal[f.categories], Field(..., **meta))  # type: ignore[valid-type]
+        return (Literal[f.categories], Field(..., description=description))  # type: ignore[valid-type]
     if f.kind == "bool":
-        return (bool, Field(..., **meta))
+        return (bool, Field(..., description=description))
     base: Any = int if f.kind == "int" else float
     constrained = Annotated[base, Field(ge=f.minimum, le=f.maximum, strict=False)]
-    return (constrained, Field(..., **meta))
+    return (constrained, Field(..., description=description))

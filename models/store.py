@@ -72,14 +72,18 @@ def load_ensemble(prefix: str, version: str) -> EnsembleSpec:
     return EnsembleSpec(
         version=concrete,
         prefix=prefix,
-        schema=FeatureSchema.model_validate_json(meta["schema"]),
+        schema=FeatureSchema.model_validate_json(str(meta["schema"])),
         members=tuple(combiner["members"]),
         weights={k: float(v) for k, v in combiner["weights"].items()},
         links={k: str(v) for k, v in combiner["links"].items()},
         intercept=float(combiner["intercept"]),
         threshold=float(combiner["threshold"]),
-        metrics=dict(meta.get("metrics", {})),
+        metrics=_as_dict(meta.get("metrics", {})),
     )
+
+
+def _as_dict(value: object) -> dict[str, Any]:
+    return dict(value) if isinstance(value, dict) else {}
 
 
 def _verify(model: bentoml.Model, path: Path) -> None:
