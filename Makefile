@@ -4,12 +4,15 @@ BENTOML := .venv/bin/bentoml
 export PYTHONDONTWRITEBYTECODE := 1
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: venv models serve test test-slow lint format bench spark bench-batch
+.PHONY: venv venv-runtime models serve test test-slow lint format bench spark bench-batch
 
-venv:
-	@bash scripts/bootstrap.sh
+venv:  ## everything for tests, load tests and benchmarks
+	@bash scripts/bootstrap.sh dev
 
-models: venv  ## train the default ensemble into the BentoML store unless one is there
+venv-runtime:  ## only what serving needs
+	@bash scripts/bootstrap.sh runtime
+
+models: venv-runtime  ## train the default ensemble into the BentoML store unless one is there
 	$(PY) -m models.train --if-missing
 
 serve: models  ## train if needed, then serve REST :3000 (and OIP gRPC :8001)

@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
-# Creates .venv with the pinned dependencies (idempotent: skipped when the pins did not change).
-# Usage: scripts/bootstrap.sh
+# Creates .venv with the pinned dependencies; skipped when the pins did not change.
+# Usage: scripts/bootstrap.sh [runtime|dev]
+#   runtime  what `make serve` needs (requirements.txt)
+#   dev      everything the tests, load tests and benchmarks need (requirements-dev.txt, which
+#            includes the optional Spark and edge extras); a dev venv also serves runtime
 set -euo pipefail
 cd "$(dirname "$0")/.."
+profile="${1:-dev}"
+case "$profile" in
+    runtime) requirements=(requirements.txt) ;;
+    dev) requirements=(requirements-dev.txt) ;;
+    *) echo "usage: $0 [runtime|dev]" >&2; exit 2 ;;
+esac
 
 PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null || PYTHON=python3
@@ -14,14 +23,20 @@ if ! "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; then
     bash scripts/system-deps.sh venv
 fi
 
-stamp=.venv/.requirements.sha256
-want="$(cat requirements.txt requirements-dev.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
-if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
-    exit 0
-fi
+inputs=(requirements*.txt pyproject.toml)
+[[ -f constraints.txt ]] && inputs+=(constraints.txt)
+want="$(cat "${inputs[@]}" | sha256sum | cut -d' ' -f1)"
+for have in "$profile" dev; do
+    if [[ -f ".venv/.stamp-$have" && "$(cat ".venv/.stamp-$have")" == "$want" ]]; then
+        exit 0
+    fi
+done
+
 [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip==25.3
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . \
-    || .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
-echo "$want" > "$stamp"
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+"${pip[@]}" --upgrade pip==25.3
+constraints=()
+[[ -f constraints.txt ]] && constraints=(-c constraints.txt)
+"${pip[@]}" "${constraints[@]}" $(printf -- '-r %s ' "${requirements[@]}")
+"${pip[@]}" --no-deps --no-build-isolation -e . 2>/dev/null || "${pip[@]}" --no-deps -e .
+echo "$want" > ".venv/.stamp-$profile"

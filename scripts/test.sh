@@ -3,8 +3,8 @@
 # Extra arguments go to pytest, e.g. scripts/test.sh -m slow
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/bootstrap.sh
-bash scripts/system-deps.sh redis
+bash scripts/bootstrap.sh dev
+bash scripts/system-deps.sh redis java
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 if [[ $# -eq 0 ]]; then
