@@ -16,8 +16,15 @@ import numpy as np
 from pydantic import BeforeValidator, Field
 
 from fraudserve.http_errors import error_response
+from fraudserve.image import IMAGE
 from fraudserve.inference import InferenceCore, PredictResponse
+from fraudserve.oip import serving as oip
 from fraudserve.remote import RunnerScorer
+from fraudserve.rollout import admin
+from fraudserve.rollout.engine import Rollout
+from fraudserve.rollout.policy import Policy
+from fraudserve.security import get_guards
+from fraudserve.security import middleware as security_middleware
 from fraudserve.settings import get_settings
 from models import store
 from runners.hgb import HgbRunner
@@ -34,13 +41,22 @@ TransactionsIn = Annotated[
     BeforeValidator(lambda value: [value] if isinstance(value, dict) else value),
     Field(description="A list of transactions (a single object is accepted too), at most FRAUD_MAX_ROWS_PER_REQUEST."),
 ]
+RoutingKey = Annotated[
+    str | None,
+    Field(
+        max_length=settings.routing_key_max_chars,
+        description="Sticky A/B key (e.g. a customer id): the same key always gets the same variant.",
+    ),
+]
 
 
 @bentoml.service(
     name="fraud_detection",
     workers=settings.api_workers,
     traffic={"timeout": settings.runner_timeout_s},
+    image=IMAGE,  # the OCI image: fraudserve/image.py, scripts/image.sh
 )
+@bentoml.asgi_app(oip.rest_app)  # serves /v2/... (see fraudserve/oip/rest.py)
 class FraudDetection:
     ensemble_ref = bentoml.models.BentoModel(SPEC.tag("ensemble"))
     hgb = bentoml.depends(HgbRunner)
@@ -48,21 +64,23 @@ class FraudDetection:
     iforest = bentoml.depends(IforestRunner)
 
     def __init__(self) -> None:
-        scorer = RunnerScorer({"hgb": self.hgb, "logreg": self.logreg, "iforest": self.iforest})
+        scorer = RunnerScorer({"hgb": self.hgb, "logreg": self.logreg, "iforest": self.iforest}, version=SPEC.version)
         self.core = InferenceCore(
             SPEC,
             scorer,
             max_rows=settings.max_rows_per_request,
             bulk_rows_threshold=settings.bulk_rows_threshold,
             threshold=settings.decision_threshold,
+            rollout=Rollout.from_settings(SPEC, settings),
         )
         self._probe = np.asarray(SPEC.schema.encode_records([SPEC.schema.example_row()]))
 
     @bentoml.api(route="/predict")
-    async def predict(self, transactions: TransactionsIn) -> PredictResponse:
+    async def predict(self, transactions: TransactionsIn, routing_key: RoutingKey = None) -> PredictResponse:
         """Score one transaction or a list: ensemble probability, decision, per-model scores."""
         try:
-            scored = await self.core.predict([row.model_dump() for row in transactions], transport="rest")
+            records = [row.model_dump() for row in transactions]
+            scored = await self.core.predict(records, transport="rest", routing_key=routing_key)
         except Exception as exc:  # noqa: BLE001 - the HTTP boundary maps every error once
             return error_response(exc)  # type: ignore[return-value]
         return scored.to_response()
@@ -78,6 +96,52 @@ class FraudDetection:
             "schema": SPEC.schema.model_dump(mode="json", exclude_none=True),
         }
 
+    # Staged rollout admin API (fraudserve/rollout/admin.py); every route needs an admin key.
+    @bentoml.api(route="/admin/policy/get")
+    async def admin_policy_get(self, ctx: bentoml.Context) -> dict[str, Any]:
+        """The traffic policy of this worker: policy, resolved versions, previous policy, cache stats."""
+        try:
+            admin.require_admin(ctx.request.headers.get("authorization"))
+            return await admin.get_policy(self.core)
+        except Exception as exc:  # noqa: BLE001 - the HTTP boundary maps every error once
+            return error_response(exc)  # type: ignore[return-value]
+
+    @bentoml.api(route="/admin/policy")
+    async def admin_policy_set(self, policy: Policy, /, ctx: bentoml.Context) -> dict[str, Any]:
+        """Switch traffic now (body: a policy); every worker follows within FRAUD_POLICY_REFRESH_S."""
+        try:
+            admin.require_admin(ctx.request.headers.get("authorization"))
+            return await admin.set_policy(self.core, policy)
+        except Exception as exc:  # noqa: BLE001
+            return error_response(exc)  # type: ignore[return-value]
+
+    @bentoml.api(route="/admin/rollback")
+    async def admin_rollback(self, ctx: bentoml.Context) -> dict[str, Any]:
+        """Restore the previous traffic policy."""
+        try:
+            admin.require_admin(ctx.request.headers.get("authorization"))
+            return await admin.rollback(self.core)
+        except Exception as exc:  # noqa: BLE001
+            return error_response(exc)  # type: ignore[return-value]
+
+    @bentoml.api(route="/admin/reload")
+    async def admin_reload(self, ctx: bentoml.Context) -> dict[str, Any]:
+        """Resolve the registry aliases (stable, canary) again, in every worker."""
+        try:
+            admin.require_admin(ctx.request.headers.get("authorization"))
+            return await admin.reload(self.core)
+        except Exception as exc:  # noqa: BLE001
+            return error_response(exc)  # type: ignore[return-value]
+
+    @bentoml.on_startup
+    async def start_oip(self) -> None:
+        """Open Inference Protocol on this worker's core: REST under /v2, gRPC on FRAUD_GRPC_PORT."""
+        self.oip = await oip.start(self.core, settings)
+
+    @bentoml.on_shutdown
+    async def stop_oip(self) -> None:
+        await self.oip.stop()
+
     async def __is_ready__(self) -> bool:
         """Ready only when every runner answers a real scoring call in time."""
         try:
@@ -87,3 +151,8 @@ class FraudDetection:
         except Exception as exc:  # noqa: BLE001 - any failure means not ready
             log.warning("readiness probe failed: %r", exc)
             return False
+
+
+# API keys, rate limit, in-flight cap, body size, deadline: wraps every route, the /v2 mount included.
+for _middleware, _options in security_middleware(settings, get_guards()):
+    FraudDetection.add_asgi_middleware(_middleware, **_options)

@@ -58,3 +58,55 @@ class ModelStoreError(FraudServeError):
     """A model is missing from the store, or its artifact fails its integrity check."""
 
     reason = "model_store"
+
+
+# hardening: authentication, rate limits, request deadlines (fraudserve/security)
+class Unauthorized(FraudServeError):
+    """No API key, or an unknown one, on a route that needs one."""
+
+    http_status = HTTPStatus.UNAUTHORIZED
+    grpc_code = "UNAUTHENTICATED"
+    reason = "unauthorized"
+
+
+class Forbidden(FraudServeError):
+    """A valid key without the right for this route, or a route disabled by configuration."""
+
+    http_status = HTTPStatus.FORBIDDEN
+    grpc_code = "PERMISSION_DENIED"
+    reason = "forbidden"
+
+
+class RateLimited(FraudServeError):
+    """The client spent its request budget; ``retry_after_s`` says when a token is back."""
+
+    http_status = HTTPStatus.TOO_MANY_REQUESTS
+    grpc_code = "RESOURCE_EXHAUSTED"
+    reason = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: float, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.retry_after_s = retry_after_s
+
+
+class RequestTimeout(FraudServeError):
+    """The request did not finish within its deadline; the caller may retry."""
+
+    http_status = HTTPStatus.GATEWAY_TIMEOUT
+    grpc_code = "DEADLINE_EXCEEDED"
+    reason = "timeout"
+
+
+# edge export (fraud-edge)
+class ExportError(FraudServeError):
+    """A model cannot be exported faithfully (unsupported estimator, or parity outside tolerance)."""
+
+    reason = "export"
+
+
+# streaming worker (fraud-stream)
+class PoisonMessage(FraudServeError):
+    """A stream message delivered more often than allowed (it keeps killing or stalling its consumers)."""
+
+    grpc_code = "ABORTED"
+    reason = "max_deliveries"

@@ -17,12 +17,22 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from fraudserve.ensemble import EnsembleSpec
-from fraudserve.errors import InvalidInput, PayloadTooLarge
+from fraudserve.errors import InvalidInput, NotFound, PayloadTooLarge
 from fraudserve.metrics import PREDICTIONS, REQUEST_ROWS
+from fraudserve.rollout.engine import Rollout
+from fraudserve.rollout.policy import Route
+
+# Readiness probes (REST /readyz, OIP ready) score one row: never from the cache, always on the
+# primary version, and left out of the per-variant metrics.
+PROBE_TRANSPORT = "probe"
 
 
 class MemberScorer(Protocol):
-    """Scores an encoded matrix with one member model; ``bulk`` asks for the unbatched path."""
+    """Scores an encoded matrix with one member model; ``bulk`` asks for the unbatched path.
+
+    The core passes ``version=`` only for a version other than the scorer's own (the spec it
+    was built with), so a scorer serving one version may leave the keyword out.
+    """
 
     async def __call__(self, member: str, features: np.ndarray, *, bulk: bool) -> np.ndarray: ...
 
@@ -33,12 +43,14 @@ class Prediction(BaseModel):
     threshold: float
     scores: dict[str, float] = Field(description="Per-model scores (probabilities; iforest: anomaly score).")
     model_version: str = Field(description="Version of the ensemble that produced this prediction.")
+    variant: str = Field("stable", description="Traffic policy variant that served it (stable, canary, a, b...).")
     latency_ms: float = Field(description="Server-side time to score the request this row came in.")
 
 
 class PredictResponse(BaseModel):
     predictions: list[Prediction]
     model_versions: dict[str, str] = Field(description="Model store tag of the ensemble and each member.")
+    routing_note: str | None = Field(None, description="Why the request was routed as it was, when notable.")
     latency_ms: float
 
 
@@ -53,6 +65,8 @@ class ScoredBatch:
     version: str
     model_versions: dict[str, str]
     latency_ms: float
+    variant: str = "stable"
+    routing_note: str | None = None
 
     def to_response(self) -> PredictResponse:
         members = list(self.member_scores)
@@ -64,11 +78,17 @@ class ScoredBatch:
                 threshold=self.threshold,
                 scores=dict(zip(members, row, strict=True)),
                 model_version=self.version,
+                variant=self.variant,
                 latency_ms=self.latency_ms,
             )
             for p, d, *row in zip(self.probabilities.tolist(), self.decisions.tolist(), *columns, strict=True)
         ]
-        return PredictResponse(predictions=predictions, model_versions=self.model_versions, latency_ms=self.latency_ms)
+        return PredictResponse(
+            predictions=predictions,
+            model_versions=self.model_versions,
+            routing_note=self.routing_note,
+            latency_ms=self.latency_ms,
+        )
 
 
 class InferenceCore:
@@ -80,13 +100,20 @@ class InferenceCore:
         max_rows: int,
         bulk_rows_threshold: int,
         threshold: float | None = None,
+        rollout: Rollout | None = None,
     ) -> None:
         self.spec = spec
         self.scorer = scorer
         self.max_rows = max_rows
         self.bulk_rows_threshold = bulk_rows_threshold
-        self.threshold = spec.threshold if threshold is None else threshold
-        self.model_versions = {"ensemble": spec.tag("ensemble"), **{m: spec.tag(m) for m in spec.members}}
+        self.threshold_override = threshold
+        self.threshold = self.threshold_for(spec)
+        self.model_versions = _tags(spec)
+        # Traffic policy, cache and shadow; by default one version (``spec``) and no cache.
+        self.rollout = rollout or Rollout(spec)
+
+    def threshold_for(self, spec: EnsembleSpec) -> float:
+        return spec.threshold if self.threshold_override is None else self.threshold_override
 
     @property
     def schema(self) -> Any:
@@ -103,33 +130,110 @@ class InferenceCore:
         self.check_rows(len(records), field)
         return self.schema.encode_records(records, prefix=field)
 
-    async def predict(self, records: Sequence[Mapping[str, Any]], *, transport: str) -> ScoredBatch:
-        return await self.score(self.encode(records), transport=transport)
+    async def predict(
+        self, records: Sequence[Mapping[str, Any]], *, transport: str, routing_key: str | None = None
+    ) -> ScoredBatch:
+        return await self.score(self.encode(records), transport=transport, routing_key=routing_key)
 
-    async def score(self, features: np.ndarray, *, transport: str, field: str = "transactions") -> ScoredBatch:
-        """Runners -> combine. ``features`` must be encoded with the schema (validated here)."""
+    async def score_member(
+        self, member: str, features: np.ndarray, *, transport: str, field: str = "transactions"
+    ) -> np.ndarray:
+        """Validated like ``score``, then scored by ``member`` alone (per-model OIP inference)."""
+        if member not in self.spec.members:
+            raise NotFound(f"unknown member model {member!r}; members are {list(self.spec.members)}", field="model")
+        self.check_rows(len(features), field)
+        self.schema.validate_matrix(features, prefix=field)
+        scores = await self.scorer(member, features, bulk=len(features) > self.bulk_rows_threshold)
+        REQUEST_ROWS.labels(transport=transport).observe(len(features))
+        return np.asarray(scores, dtype=np.float64).reshape(-1)
+
+    async def score(
+        self, features: np.ndarray, *, transport: str, field: str = "transactions", routing_key: str | None = None
+    ) -> ScoredBatch:
+        """Route -> (cache) runners -> combine. ``features`` must be encoded with the schema (validated here).
+
+        The traffic policy picks the version (``routing_key`` keeps a client on one A/B variant);
+        a shadow version, if any, scores the same rows in the background, never awaited here.
+        """
         started = time.perf_counter()
         self.check_rows(len(features), field)
         self.schema.validate_matrix(features, prefix=field)
-        bulk = len(features) > self.bulk_rows_threshold
-        results = await asyncio.gather(*(self.scorer(m, features, bulk=bulk) for m in self.spec.members))
-        member_scores = {
-            m: np.asarray(r, dtype=np.float64).reshape(-1) for m, r in zip(self.spec.members, results, strict=True)
-        }
-        probabilities = self.spec.combine(member_scores)
-        decisions = probabilities >= self.threshold
+        probe = transport == PROBE_TRANSPORT
+        self.rollout.refresh()
+        route = Route("probe", self.rollout.router.primary_version) if probe else self.rollout.route(routing_key)
+        spec = self.rollout.spec(route.version)
+        member_scores = await self._member_scores(spec, features, cached=not probe)
+        probabilities = spec.combine(member_scores)
+        threshold = self.threshold_for(spec)
+        decisions = probabilities >= threshold
         REQUEST_ROWS.labels(transport=transport).observe(len(features))
         flagged = int(decisions.sum())
         if flagged:
             PREDICTIONS.labels(decision="fraud").inc(flagged)
         if flagged < len(decisions):
             PREDICTIONS.labels(decision="legit").inc(len(decisions) - flagged)
+        latency_s = time.perf_counter() - started
+        if not probe:
+            self.rollout.observe(route, probabilities, latency_s)
+        if route.shadow_version is not None:
+            work = self._shadow_scores(route.shadow_version, features)
+            self.rollout.spawn_shadow(work, route, probabilities, decisions)
         return ScoredBatch(
             probabilities=probabilities,
             decisions=decisions,
             member_scores=member_scores,
-            threshold=self.threshold,
-            version=self.spec.version,
-            model_versions=self.model_versions,
-            latency_ms=round((time.perf_counter() - started) * 1000.0, 3),
+            threshold=threshold,
+            version=spec.version,
+            model_versions=self.model_versions if spec is self.spec else _tags(spec),
+            latency_ms=round(latency_s * 1000.0, 3),
+            variant=route.variant,
+            routing_note=route.note,
         )
+
+    async def _member_scores(self, spec: EnsembleSpec, features: np.ndarray, *, cached: bool) -> dict[str, np.ndarray]:
+        """Member scores of every row: from the response cache where present, the rest from the runners."""
+        cache = self.rollout.cache if cached else None
+        if cache is None:
+            return await self._score_members(spec, features)
+        keys = cache.keys(spec.version, features)
+        found = cache.get_many(keys)
+        missing = [i for i, row in enumerate(found) if row is None]
+        matrix = np.empty((len(features), len(spec.members)), dtype=np.float64)
+        for i, row in enumerate(found):
+            if row is not None:
+                matrix[i] = row
+        if missing:
+            rows = features if len(missing) == len(features) else features[missing]
+            scored = await self._score_members(spec, rows)
+            block = np.column_stack([scored[m] for m in spec.members])
+            matrix[missing] = block
+            cache.put_many([keys[i] for i in missing], block)
+        return {m: matrix[:, j] for j, m in enumerate(spec.members)}
+
+    async def _score_members(self, spec: EnsembleSpec, features: np.ndarray) -> dict[str, np.ndarray]:
+        bulk = len(features) > self.bulk_rows_threshold
+        extra = {} if spec.version == self.spec.version else {"version": spec.version}
+        results = await asyncio.gather(*(self.scorer(m, features, bulk=bulk, **extra) for m in spec.members))
+        return {m: np.asarray(r, dtype=np.float64).reshape(-1) for m, r in zip(spec.members, results, strict=True)}
+
+    async def warm_up(self) -> dict[str, str]:
+        """Score one row with every version of the policy, so the runners load them now, not on a customer's request.
+
+        Returns ``{version: "ok" | error}``; a failure is reported, not raised (the policy stays applied).
+        """
+        probe = np.asarray(self.schema.encode_records([self.schema.example_row()]))
+        versions = sorted(set(self.rollout.router.versions.values()))
+        results = await asyncio.gather(
+            *(self._score_members(self.rollout.spec(v), probe) for v in versions), return_exceptions=True
+        )
+        report = zip(versions, results, strict=True)
+        return {v: f"error: {r!r}" if isinstance(r, BaseException) else "ok" for v, r in report}
+
+    async def _shadow_scores(self, version: str, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        spec = self.rollout.spec(version)
+        probabilities = spec.combine(await self._score_members(spec, features))
+        return probabilities, probabilities >= self.threshold_for(spec)
+
+
+def _tags(spec: EnsembleSpec) -> dict[str, str]:
+    return {"ensemble": spec.tag("ensemble"), **{m: spec.tag(m) for m in spec.members}}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,8 +22,10 @@ from pathlib import Path
 from types import TracebackType
 
 import httpx
+import psutil
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_SHARED_HOME_ENTRIES = ("models", "bentos", "fraud-rollout")
 
 
 def free_port() -> int:
@@ -54,8 +57,15 @@ class BundleServer:
             "BENTOML_DO_NOT_TRACK": "true",
             **(env or {}),
         }
-        if bentoml_home is not None:
-            self.env["BENTOML_HOME"] = str(bentoml_home)
+        # `bentoml serve` wipes $BENTOML_HOME/prometheus_multiproc_dir at start, so two servers on
+        # one home reset each other's metrics. Each server gets a private home that shares the
+        # model store and the rollout registry of the given one.
+        shared = Path(bentoml_home or os.environ.get("BENTOML_HOME") or Path.home() / "bentoml")
+        self.home = Path(tempfile.mkdtemp(prefix="bundle-home-"))
+        for name in _SHARED_HOME_ENTRIES:
+            (shared / name).mkdir(parents=True, exist_ok=True)
+            (self.home / name).symlink_to(shared / name, target_is_directory=True)
+        self.env["BENTOML_HOME"] = str(self.home)
         self.log_path = Path(tempfile.mkstemp(prefix="bundle-server-", suffix=".log")[1])
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -100,8 +110,17 @@ class BundleServer:
         return httpx.get(self.url + "/metrics", timeout=10).text
 
     def stop(self) -> None:
+        try:
+            self._stop_process()
+        finally:
+            shutil.rmtree(self.home, ignore_errors=True)
+
+    def _stop_process(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
+        # BentoML 1.4 puts its workers in process groups of their own: remember every descendant
+        # before the arbiter goes, so that none can outlive it.
+        descendants = psutil.Process(self.process.pid).children(recursive=True)
         pgid = os.getpgid(self.process.pid)
         os.killpg(pgid, signal.SIGTERM)
         try:
@@ -109,9 +128,12 @@ class BundleServer:
         except subprocess.TimeoutExpired:
             os.killpg(pgid, signal.SIGKILL)
             self.process.wait(timeout=10)
-        # Runner processes are in the same session; make sure none outlives the server.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
+        _, alive = psutil.wait_procs(descendants, timeout=10)
+        for process in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
 
     def __enter__(self) -> BundleServer:
         return self.start()

@@ -6,6 +6,7 @@ runner services is skipped.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,16 +21,36 @@ from models.members import SCORE
 
 
 class LocalScorer:
-    """A ``MemberScorer`` over estimators held in memory."""
+    """A ``MemberScorer`` over estimators held in memory.
 
-    def __init__(self, estimators: Mapping[str, Any]) -> None:
+    ``estimators`` are those of the primary version; a call naming another ``version`` loads
+    that version's member from the store (hash-checked) on first use and keeps it.
+    """
+
+    def __init__(self, estimators: Mapping[str, Any], *, prefix: str = "fraud", version: str | None = None) -> None:
         self.estimators = dict(estimators)
+        self.prefix = prefix
+        self.version = version
+        self._other: dict[tuple[str, str], Any] = {}
+        self._loading = threading.Lock()
 
-    def score_sync(self, member: str, features: np.ndarray) -> np.ndarray:
-        return SCORE[member](self.estimators[member], features)
+    def estimator(self, member: str, version: str | None = None) -> Any:
+        if version is None or version == self.version:
+            return self.estimators[member]
+        key = (version, member)
+        if key not in self._other:
+            with self._loading:
+                if key not in self._other:
+                    self._other[key] = store.load_member(bentoml.models.get(f"{self.prefix}_{member}:{version}"))
+        return self._other[key]
 
-    async def __call__(self, member: str, features: np.ndarray, *, bulk: bool) -> np.ndarray:
-        return self.score_sync(member, features)
+    def score_sync(self, member: str, features: np.ndarray, version: str | None = None) -> np.ndarray:
+        return SCORE[member](self.estimator(member, version), features)
+
+    async def __call__(
+        self, member: str, features: np.ndarray, *, bulk: bool, version: str | None = None
+    ) -> np.ndarray:
+        return self.score_sync(member, features, version)
 
     def score_all(self, spec: EnsembleSpec, features: np.ndarray) -> dict[str, np.ndarray]:
         return {m: self.score_sync(m, features) for m in spec.members}
@@ -39,7 +60,7 @@ def load_local(settings: Settings | None = None, version: str | None = None) -> 
     settings = settings or get_settings()
     spec = store.load_ensemble(settings.model_prefix, version or settings.model_version)
     estimators = {m: store.load_member(bentoml.models.get(spec.tag(m))) for m in spec.members}
-    return spec, LocalScorer(estimators)
+    return spec, LocalScorer(estimators, prefix=spec.prefix, version=spec.version)
 
 
 def local_core(settings: Settings | None = None, version: str | None = None) -> InferenceCore:

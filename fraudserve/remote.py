@@ -11,21 +11,29 @@ import numpy as np
 from bentoml.exceptions import BentoMLException
 
 from fraudserve.errors import Unavailable
+from fraudserve.rollout.versions import with_version_column
 
 log = logging.getLogger(__name__)
 
 
 class RunnerScorer:
-    """A ``MemberScorer`` over BentoML dependency proxies (``bentoml.depends``)."""
+    """A ``MemberScorer`` over BentoML dependency proxies (``bentoml.depends``).
 
-    def __init__(self, runners: Mapping[str, Any]) -> None:
+    ``version`` is the one the runners were started with; a call may name another version,
+    which the runners load on first use (see runners/factory.py).
+    """
+
+    def __init__(self, runners: Mapping[str, Any], *, version: str) -> None:
         self.runners = dict(runners)
+        self.version = version
 
-    async def __call__(self, member: str, features: np.ndarray, *, bulk: bool) -> np.ndarray:
+    async def __call__(
+        self, member: str, features: np.ndarray, *, bulk: bool, version: str | None = None
+    ) -> np.ndarray:
         runner = self.runners[member]
         call = runner.to_async.score_bulk if bulk else runner.to_async.score
         try:
-            return np.asarray(await call(features))
+            scores = np.asarray(await call(with_version_column(features, version or self.version)))
         except BentoMLException as exc:
             # Shed by the batcher's deadline (503) or the runner failed: retryable for the caller.
             log.warning("runner %s failed: %s", member, exc)
@@ -33,3 +41,7 @@ class RunnerScorer:
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
             log.warning("runner %s unreachable: %r", member, exc)
             raise Unavailable(f"model runner {member!r} is unreachable; retry later") from exc
+        if np.isnan(scores).any():
+            # The runner marks the rows of a version it cannot load or score (see runners/factory.py).
+            raise Unavailable(f"model runner {member!r} cannot score version {version or self.version}")
+        return scores

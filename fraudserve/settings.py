@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,8 +15,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FRAUD_", extra="ignore")
 
     model_version: str = Field(
-        "latest",
-        description="Version shared by the ensemble and its member models in the BentoML store.",
+        "stable",
+        description=(
+            "Version shared by the ensemble and its member models in the BentoML store, or `latest`, or a"
+            " registry alias (`stable`: falls back to the newest ensemble while the registry has no `stable`)."
+        ),
     )
     model_prefix: str = Field("fraud", description="Name prefix of the models in the store.")
     batching_enabled: bool = Field(True, description="Adaptive micro-batching in the runners.")
@@ -52,7 +55,90 @@ class Settings(BaseSettings):
     ready_probe_timeout_s: float = Field(5.0, gt=0, description="Deadline of the /readyz probe.")
     grpc_port: int = Field(8001, ge=0, le=65535, description="Port of the OIP gRPC server.")
     grpc_enabled: bool = Field(True, description="Start the OIP gRPC server in each API worker.")
+    # Open Inference Protocol gRPC server (fraudserve/oip)
+    grpc_host: str = Field("0.0.0.0", description="Address the OIP gRPC server binds.")
+    grpc_max_message_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest gRPC message the OIP server sends or receives."
+    )
+    grpc_shutdown_grace_s: float = Field(5.0, ge=0, description="Time in-flight gRPC calls get to finish on shutdown.")
     data_dir: Path = Field(Path("data"), description="Where generated data sets are written.")
+
+    # streaming worker (fraud-stream, issue 5)
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis of the streaming worker.")
+    stream_input: str = Field("fraud:transactions", description="Stream the worker reads transactions from.")
+    stream_output: str = Field("fraud:scores", description="Stream every score is written to.")
+    stream_alerts: str = Field("fraud:alerts", description="Stream of the scores at or above the threshold.")
+    stream_dead_letter: str = Field(
+        "fraud:dead-letter", description="Stream of the messages that cannot be scored, with the reason."
+    )
+    stream_group: str = Field("fraud-scorers", description="Consumer group of the streaming workers.")
+    stream_batch_size: int = Field(256, ge=1, le=10_000, description="Messages read (COUNT) and scored at once.")
+    stream_block_ms: int = Field(
+        1_000, ge=1, description="Longest wait for new messages; also bounds how fast a worker notices SIGTERM."
+    )
+    stream_claim_idle_ms: int = Field(
+        30_000,
+        ge=1,
+        description="Messages pending this long with another consumer (presumed dead) are reclaimed (XAUTOCLAIM).",
+    )
+    stream_claim_interval_ms: int = Field(5_000, ge=1, description="How often a worker looks for such messages.")
+    stream_max_deliveries: int = Field(
+        5, ge=1, description="A message delivered more often than this goes to the dead-letter stream unscored."
+    )
+    stream_maxlen: int = Field(
+        1_000_000, ge=0, description="Approximate cap (MAXLEN ~) of the output, alert and dead-letter streams; 0: none."
+    )
+    stream_metrics_port: int = Field(
+        9400, ge=0, le=65535, description="Port of a worker's Prometheus /metrics; 0 turns it off."
+    )
+    # hardening: API keys, rate limits, request limits (fraudserve/security)
+    api_keys: SecretStr = Field(
+        SecretStr(""),
+        description=(
+            "Bearer keys for the predict routes (/predict, /model, /v2/* and OIP gRPC): comma-separated or a JSON"
+            " list. Empty: those routes are open."
+        ),
+    )
+    admin_api_keys: SecretStr = Field(
+        SecretStr(""),
+        description="Bearer keys for /admin/* (they open the predict routes too). Empty: admin routes answer 403.",
+    )
+    dev_mode: bool = Field(False, description="Development: admin routes are open when no admin key is set.")
+    rate_limit_rps: float = Field(0.0, ge=0, description="Sustained requests/s per client (API key, else IP); 0: off.")
+    rate_limit_burst: int = Field(50, ge=1, description="Requests a client may send at once above the sustained rate.")
+    max_request_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest request body; larger ones get 413 before they are read."
+    )
+    max_inflight_requests: int = Field(
+        256, ge=1, description="Requests one API worker serves at once; more are shed at once with 503 + Retry-After."
+    )
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="Deadline of one request in the API worker; later ones are answered 504."
+    )
+    # edge export (fraud-edge, runners/onnx.py)
+    edge_bundle_dir: Path | None = Field(
+        None, description="Edge bundle (`fraud-edge export`) served by the ONNX runners in runners/onnx.py."
+    )
+
+    # staged rollout: traffic policies, shadow, response cache (fraudserve/rollout, issue 8)
+    policy_file: Path | None = Field(
+        None, description="Traffic policy (JSON or YAML, fields of fraudserve.rollout.policy.Policy) applied at start."
+    )
+    policy_state_file: Path | None = Field(
+        None,
+        description="Where the current and previous policy are shared by all workers; default: in $BENTOML_HOME.",
+    )
+    policy_refresh_s: float = Field(
+        1.0, ge=0, description="How often a worker checks the shared policy file for changes (mtime)."
+    )
+    shadow_timeout_s: float = Field(2.0, gt=0, description="Deadline of a shadow scoring call; later ones are dropped.")
+    shadow_max_inflight: int = Field(
+        64, ge=1, description="Shadow calls one worker runs at once; more are skipped (counted as `skipped`)."
+    )
+    cache_enabled: bool = Field(False, description="In-process LRU response cache keyed by model version + input row.")
+    cache_max_entries: int = Field(100_000, ge=1, description="Rows the response cache holds per worker.")
+    cache_ttl_s: float = Field(300.0, gt=0, description="Age after which a cached row is scored again.")
+    routing_key_max_chars: int = Field(256, ge=1, description="Longest `routing_key` a /predict request may carry.")
 
 
 @lru_cache(maxsize=1)

@@ -18,6 +18,7 @@ import joblib
 from fraudserve.ensemble import EnsembleSpec
 from fraudserve.errors import ModelStoreError
 from fraudserve.schema import FeatureSchema
+from models import registry
 
 ENSEMBLE = "ensemble"
 ARTIFACT = "model.joblib"
@@ -47,7 +48,15 @@ def save_ensemble(prefix: str, version: str, combiner: dict[str, Any], metadata:
 
 
 def resolve_version(prefix: str, version: str) -> str:
-    """Turn ``latest`` into the concrete version of the newest ensemble."""
+    """Turn ``latest`` or a registry alias (``stable``, ``canary``) into a concrete version.
+
+    ``stable`` falls back to the newest ensemble while the registry does not define it.
+    """
+    if version in registry.ALIASES:
+        aliased = registry.resolve_alias(prefix, version)
+        if aliased is None and version != "stable":
+            raise ModelStoreError(f"alias {version!r} is not set; `python -m models.registry promote V --to {version}`")
+        version = aliased or "latest"
     try:
         return str(bentoml.models.get(f"{model_name(prefix, ENSEMBLE)}:{version}").tag.version)
     except bentoml.exceptions.NotFound:

@@ -4,10 +4,21 @@ Each runner loads its model from the store by tag in ``__init__`` and exposes tw
 ``score`` is batchable (BentoML's adaptive micro-batching, sized from settings) and
 ``score_bulk`` is not, so that a large request is never shed by the ``max_latency_ms``
 deadline of the batcher (DESIGN.md: the deadline kills big requests part-way).
+
+Both take the encoded features with ONE extra leading column: the version code of each row
+(``fraudserve.rollout.versions``). A batch may mix versions (canary, shadow and stable requests
+batch together): the runner groups rows by code, scores each group with that version's model
+(loaded from the store on first use, hash-checked, then kept) and returns the scores in row
+order. A group that fails (unknown version, artifact failing its hash check) gets NaN scores and
+is logged, and the caller turns NaN into an error for its own request only: a batch is shared,
+so raising would fail the other versions' requests too (a broken shadow would fail served traffic).
+``model_ref`` stays the start-up version, so ``bentoml build`` packages that one only.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,11 +27,14 @@ import bentoml
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from fraudserve.errors import InvalidInput, ModelStoreError
 from fraudserve.metrics import RUNNER_BATCH_ROWS, RUNNER_LATENCY
+from fraudserve.rollout.versions import version_code
 from fraudserve.settings import get_settings
 from models import store
 
 Scorer = Callable[[Any, np.ndarray], np.ndarray]
+log = logging.getLogger(__name__)
 
 
 def build_runner(kind: str, scorer: Scorer) -> Any:
@@ -28,9 +42,21 @@ def build_runner(kind: str, scorer: Scorer) -> Any:
     version = store.resolve_version(settings.model_prefix, settings.model_version)
     tag = f"{store.model_name(settings.model_prefix, kind)}:{version}"
 
+    name = store.model_name(settings.model_prefix, kind)
+
     def _score(self: Any, features: np.ndarray, path: str) -> np.ndarray:
         started = time.perf_counter()
-        result = np.asarray(scorer(self.model, np.asarray(features, dtype=np.float64)), dtype=np.float64)
+        features = np.asarray(features, dtype=np.float64)
+        if features.ndim != 2 or features.shape[1] < 2:
+            raise InvalidInput(f"expected [version code, features...] rows, got shape {features.shape}")
+        codes, matrix = features[:, 0], features[:, 1:]
+        result = np.full(len(features), np.nan, dtype=np.float64)
+        for code in np.unique(codes):
+            rows = codes == code
+            try:
+                result[rows] = scorer(self.model_for(float(code)), matrix[rows])
+            except Exception:  # one version's failure must not fail the other versions' rows of the batch
+                log.exception("%s: scoring version code %.0f failed; its rows get NaN", name, code)
         RUNNER_LATENCY.labels(model=kind, path=path).observe(time.perf_counter() - started)
         RUNNER_BATCH_ROWS.labels(model=kind, path=path).observe(len(features))
         return result
@@ -42,6 +68,24 @@ def build_runner(kind: str, scorer: Scorer) -> Any:
             threadpool_limits(limits=settings.runner_threads)
             self.model = store.load_member(self.model_ref)
             self.tag = tag
+            self.models: dict[float, Any] = {version_code(version): self.model}
+            self._loading = threading.Lock()
+
+        def model_for(self, code: float) -> Any:
+            model = self.models.get(code)
+            if model is not None:
+                return model
+            with self._loading:  # one load per version even when batches arrive on several threads
+                if code not in self.models:
+                    self.models[code] = self._load(code)
+                return self.models[code]
+
+        def _load(self, code: float) -> Any:
+            # Listed on each miss, so a version trained after start-up is found too.
+            for model in bentoml.models.list(name):
+                if version_code(str(model.tag.version)) == code:
+                    return store.load_member(model)
+            raise ModelStoreError(f"no {name} model in the store has version code {code:.0f}")
 
         @bentoml.api(
             batchable=settings.batching_enabled,

@@ -3,20 +3,20 @@
 #   venv   python3-venv (only if the interpreter lacks venv/ensurepip)
 #   redis  redis-server (streaming worker and its tests)
 #   java   openjdk-17-jre-headless (Spark engine)
-#   image  buildah podman runc skopeo mmdebstrap uidmap (OCI image without a Docker daemon)
+#   image  buildah podman runc skopeo mmdebstrap uidmap curl (OCI image without a Docker daemon)
 set -euo pipefail
 
 declare -A GROUPS_=(
     [venv]="python3-venv"
     [redis]="redis-server"
     [java]="openjdk-17-jre-headless"
-    [image]="buildah podman runc skopeo mmdebstrap uidmap fuse-overlayfs"
+    [image]="buildah podman runc skopeo mmdebstrap uidmap fuse-overlayfs curl"
 )
 declare -A PROBE=(
     [venv]="python3 -c 'import venv, ensurepip'"
     [redis]="command -v redis-server"
     [java]="command -v java"
-    [image]="command -v buildah && command -v podman && command -v mmdebstrap"
+    [image]="command -v buildah && command -v podman && command -v mmdebstrap && command -v curl"
 )
 
 missing=()

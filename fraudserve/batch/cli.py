@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--concurrency", type=_positive, default=4, help="requests in flight (4)")
     server.add_argument("--retries", type=int, default=5, help="retries of a 503 / connection error (5)")
     server.add_argument("--timeout-s", type=float, default=120.0, help="timeout of one request (120)")
+    server.add_argument(
+        "--api-key-env",
+        default="FRAUD_BATCH_API_KEY",
+        help="environment variable holding the service's API key, sent as a bearer token (FRAUD_BATCH_API_KEY)",
+    )
     return p
 
 
@@ -132,6 +137,7 @@ def run_files(args: argparse.Namespace) -> dict[str, object]:
             concurrency=args.concurrency,
             retries=args.retries,
             timeout_s=args.timeout_s,
+            api_key=os.environ.get(args.api_key_env) or None,
         )
         layout, threshold, versions, workers = scorer.layout, scorer.threshold, scorer.info.model_versions, 1
     else:

@@ -46,6 +46,7 @@ class ServerChunkScorer:
         concurrency: int,
         retries: int,
         timeout_s: float,
+        api_key: str | None = None,
     ) -> None:
         self.request_rows = request_rows
         self.concurrency = concurrency
@@ -54,9 +55,14 @@ class ServerChunkScorer:
             base_url=url.rstrip("/"),
             timeout=timeout_s,
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            headers={"authorization": f"Bearer {api_key}"} if api_key else None,
         )
         # BentoML APIs answer POST only, /model included.
-        self.info = ServerInfo(self._request("POST", "/model", {}))
+        try:
+            self.info = ServerInfo(self._request("POST", "/model", {}))
+        except BaseException:
+            self.client.close()
+            raise
         self.layout = OutputLayout(self.info.schema, self.info.members, id_column)
         self.threshold = self.info.threshold
 

@@ -1,0 +1,221 @@
+"""The consumer loop: reclaim -> read -> decode -> score -> write + ack, one micro-batch at a time.
+
+Lifecycle of one batch (each step's contract):
+- plan:   split deliveries into dead (delivered more than ``max_deliveries`` times), singles
+          (redelivered: each is scored and committed alone, so a poison message that kills the
+          worker takes only itself down next time) and one fresh batch.
+- decode: each message validated alone with the schema; a bad one becomes a DeadLetter naming
+          the field, its neighbours are unaffected.
+- score:  the valid rows of the batch in one call of the inference core.
+- commit: outputs written and the source messages acknowledged in one atomic broker step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fraudserve.errors import PoisonMessage, Unavailable
+from fraudserve.inference import InferenceCore
+
+from . import metrics
+from .broker import Broker, DeadLetter, Delivery, Outcome, Scored
+from .messages import Transaction, dead_letter_fields, decode_message, score_fields
+
+log = logging.getLogger(__name__)
+
+TRANSPORT = "stream"
+_STATS_INTERVAL_S = 1.0
+_MAX_BACKOFF_S = 5.0
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    consumer: str
+    batch_size: int
+    block_ms: int
+    claim_idle_ms: int
+    claim_interval_ms: int
+    max_deliveries: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    dead: list[Delivery]
+    singles: list[Delivery]
+    batch: list[Delivery]
+
+
+def plan(deliveries: Sequence[Delivery], max_deliveries: int) -> Plan:
+    dead = [d for d in deliveries if d.deliveries > max_deliveries]
+    singles = [d for d in deliveries if 1 < d.deliveries <= max_deliveries]
+    batch = [d for d in deliveries if d.deliveries <= 1]
+    return Plan(dead, singles, batch)
+
+
+class StreamWorker:
+    def __init__(self, broker: Broker, core: InferenceCore, config: WorkerConfig) -> None:
+        self.broker = broker
+        self.core = core
+        self.config = config
+        self.stopping = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._next_claim = 0.0
+        self._next_stats = 0.0
+        self._stats_since = time.monotonic()
+        self._finished_since_stats = 0
+
+    def __enter__(self) -> StreamWorker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._loop.close()
+
+    def request_stop(self) -> None:
+        """Graceful: the batch in flight is finished and committed, then ``run`` returns."""
+        self.stopping.set()
+
+    def run(self) -> None:
+        self.broker.ensure_group()
+        log.info("consumer %s started", self.config.consumer)
+        failures = 0
+        while not self.stopping.is_set():
+            try:
+                self.step()
+                failures = 0
+            except Unavailable as exc:
+                failures += 1
+                metrics.BROKER_ERRORS.inc()
+                # What this consumer read but did not commit stays pending and is reclaimed later.
+                backoff = min(_MAX_BACKOFF_S, 0.1 * 2**failures)
+                log.warning("broker unavailable (%s); retrying in %.1f s", exc.message, backoff)
+                self.stopping.wait(backoff)
+        log.info("consumer %s stopped", self.config.consumer)
+
+    def step(self) -> int:
+        """One iteration: reclaim stale messages when due, then read and handle new ones."""
+        handled = 0
+        now = time.monotonic()
+        if now >= self._next_claim:
+            self._next_claim = now + self.config.claim_interval_ms / 1000.0
+            reclaimed = self.broker.reclaim(self.config.claim_idle_ms, self.config.batch_size)
+            if reclaimed.trimmed_ids:
+                metrics.TRIMMED.inc(len(reclaimed.trimmed_ids))
+                log.error(
+                    "%d pending messages were trimmed from the input before being scored", len(reclaimed.trimmed_ids)
+                )
+            if reclaimed.deliveries:
+                metrics.RECLAIMED.inc(len(reclaimed.deliveries))
+                log.info("reclaimed %d messages from stalled consumers", len(reclaimed.deliveries))
+                handled += self.handle(reclaimed.deliveries)
+        if not self.stopping.is_set():
+            handled += self.handle(self.broker.read(self.config.batch_size, self.config.block_ms))
+        self._update_stats()
+        return handled
+
+    def handle(self, deliveries: Sequence[Delivery]) -> int:
+        parts = plan(deliveries, self.config.max_deliveries)
+        batches = [[d] for d in parts.singles]
+        if parts.batch:
+            batches.append(parts.batch)
+        if parts.dead:
+            limit = self.config.max_deliveries
+            reason = f"delivered more than {limit} times without being acknowledged; not scored"
+            self._commit(parts.dead, [self._dead(d, PoisonMessage(reason)) for d in parts.dead], time.perf_counter())
+        for batch in batches:
+            started = time.perf_counter()
+            self._commit(batch, self.process(batch), started)
+        return len(deliveries)
+
+    def process(self, batch: Sequence[Delivery]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        valid: list[Transaction] = []
+        for d in batch:
+            try:
+                valid.append(decode_message(d.id, d.fields, self.core.schema))
+            except Exception as exc:  # noqa: BLE001 - any decode failure is this message's fault alone
+                outcomes.append(self._dead(d, exc))
+        if valid:
+            by_id = {d.id: d for d in batch}
+            outcomes += self._score(valid, by_id)
+        return outcomes
+
+    def _score(self, txns: list[Transaction], by_id: dict[str, Delivery]) -> list[Outcome]:
+        try:
+            scored = self._loop.run_until_complete(
+                self.core.score(np.vstack([t.row for t in txns]), transport=TRANSPORT)
+            )
+        except Exception as exc:  # isolate the row that fails instead of failing the whole batch
+            if len(txns) == 1:
+                log.exception("scoring message %s failed", txns[0].source_id)
+                return [self._dead(by_id[txns[0].source_id], exc)]
+            log.warning("scoring a batch of %d failed (%s); scoring its rows one at a time", len(txns), exc)
+            return [o for t in txns for o in self._score([t], by_id)]
+        members = list(scored.member_scores)
+        out: list[Outcome] = []
+        for i, txn in enumerate(txns):
+            alert = bool(scored.decisions[i])
+            fields = score_fields(
+                txn,
+                float(scored.probabilities[i]),
+                alert,
+                {m: float(scored.member_scores[m][i]) for m in members},
+                threshold=scored.threshold,
+                model_version=scored.version,
+                consumer=self.config.consumer,
+            )
+            out.append(Scored(txn.source_id, fields, alert))
+        return out
+
+    def _dead(self, delivery: Delivery, error: Exception) -> DeadLetter:
+        fields = dead_letter_fields(
+            delivery.id, delivery.fields, error, deliveries=delivery.deliveries, consumer=self.config.consumer
+        )
+        return DeadLetter(delivery.id, fields)
+
+    def _commit(self, batch: Sequence[Delivery], outcomes: list[Outcome], started: float) -> None:
+        result = self.broker.commit(outcomes)
+        appended = {d.id: d.appended_s for d in batch}
+        now = time.time()
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        metrics.BATCH_SIZE.observe(len(outcomes))
+        if result.duplicates:
+            metrics.MESSAGES.labels(outcome="duplicate").inc(result.duplicates)
+            log.info("%d of %d outcomes were already written by another consumer", result.duplicates, len(outcomes))
+        # Per-outcome counts assume the duplicates (rare: a reclaimed but still running consumer) were scores.
+        for o in outcomes:
+            if isinstance(o, DeadLetter):
+                metrics.DEAD_LETTERS.labels(reason=o.fields["reason"]).inc()
+            else:
+                if appended[o.source_id] is not None:
+                    metrics.END_TO_END_SECONDS.observe(max(0.0, now - appended[o.source_id]))
+                if o.alert:
+                    metrics.ALERTS.inc()
+        dead = sum(isinstance(o, DeadLetter) for o in outcomes)
+        if dead:
+            metrics.MESSAGES.labels(outcome="dead_letter").inc(dead)
+        scored = len(outcomes) - dead - result.duplicates
+        if scored > 0:
+            metrics.MESSAGES.labels(outcome="scored").inc(scored)
+        self._finished_since_stats += len(outcomes)
+
+    def _update_stats(self) -> None:
+        now = time.monotonic()
+        if now < self._next_stats:
+            return
+        self._next_stats = now + _STATS_INTERVAL_S
+        metrics.THROUGHPUT.set(self._finished_since_stats / max(now - self._stats_since, 1e-3))
+        self._stats_since, self._finished_since_stats = now, 0
+        stats = self.broker.stats()
+        if stats.lag is not None:
+            metrics.LAG.set(stats.lag)
+        metrics.PENDING.set(stats.pending)

@@ -1,0 +1,85 @@
+"""The OCI image end to end: scripts/image.sh builds it, podman runs it, a short Locust run must meet the SLO."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fraudserve.launcher import PROJECT_ROOT, free_port
+from loadtests.headless import locust_command
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+SCRIPT = PROJECT_ROOT / "scripts" / "image.sh"
+MAX_IMAGE_MB = 500
+
+
+def image_sh(command: str, env: dict[str, str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(SCRIPT), command], env=env, capture_output=True, text=True, timeout=timeout_s, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def image_env(trained: str, bentoml_home: Path) -> Iterator[dict[str, str]]:
+    """Builds the image from the session's temporary model store, under a tag of its own; removes it after."""
+    suffix = uuid.uuid4().hex[:8]
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(bentoml_home),
+        "IMAGE_REF": f"localhost/fraud-detection:pytest-{suffix}",
+        "IMAGE_CONTAINER": f"fraud-pytest-{suffix}",
+        "IMAGE_HOST": "127.0.0.1",
+        "IMAGE_HTTP_PORT": str(free_port()),
+        "IMAGE_GRPC_PORT": str(free_port()),
+        "IMAGE_MAX_MB": str(MAX_IMAGE_MB),
+    }
+    try:
+        yield env
+    finally:
+        image_sh("stop", env, 60)
+        cleanup = f'eval "$(bash {SCRIPT} env)"; podman rmi --force {env["IMAGE_REF"]} >/dev/null 2>&1 || true'
+        subprocess.run(["bash", "-c", cleanup], env=env, timeout=120, check=False)
+
+
+def test_build_run_and_load_the_image(image_env: dict[str, str], tmp_path: Path) -> None:
+    build = image_sh("build", image_env, 1_500)
+    assert build.returncode == 0, build.stdout[-3_000:] + build.stderr[-5_000:]
+    size = re.search(r"size_mb=(\d+)", build.stdout)
+    assert size is not None, build.stdout
+    assert int(size.group(1)) < MAX_IMAGE_MB
+
+    start = image_sh("start", image_env, 240)
+    try:
+        assert start.returncode == 0, start.stderr[-5_000:]
+        base = f"http://127.0.0.1:{image_env['IMAGE_HTTP_PORT']}"
+        assert httpx.get(base + "/readyz", timeout=10).status_code == 200
+        grpc_env = {**image_env, "FRAUD_GRPC_PORT": image_env["IMAGE_GRPC_PORT"]}
+        run = subprocess.run(
+            locust_command(
+                base,
+                tmp_path / "container",
+                users=4,
+                run_time="10s",
+                user_classes=("RestUser", "GrpcUser"),
+                extra=("--slo-p99-ms", "5000"),
+            ),
+            cwd=PROJECT_ROOT,
+            env=grpc_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert run.returncode == 0, run.stdout[-3_000:] + run.stderr[-3_000:]
+        stats = (tmp_path / "container_stats.csv").read_text()
+        assert "/predict [1]" in stats and "ModelInfer [1]" in stats
+    finally:
+        stop = image_sh("stop", image_env, 60)
+    assert stop.returncode == 0, stop.stderr
