@@ -64,7 +64,12 @@ class FraudDetection:
     iforest = bentoml.depends(IforestRunner)
 
     def __init__(self) -> None:
-        scorer = RunnerScorer({"hgb": self.hgb, "logreg": self.logreg, "iforest": self.iforest}, version=SPEC.version)
+        scorer = RunnerScorer(
+            {"hgb": self.hgb, "logreg": self.logreg, "iforest": self.iforest},
+            version=SPEC.version,
+            call_timeout_s=settings.runner_call_timeout_s,
+            bulk_call_timeout_s=settings.runner_timeout_s,
+        )
         self.core = InferenceCore(
             SPEC,
             scorer,

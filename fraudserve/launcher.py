@@ -43,9 +43,11 @@ class BundleServer:
         target: str = "service:FraudDetection",
         ready_timeout_s: float = 120.0,
         cwd: Path = PROJECT_ROOT,
+        port: int | None = None,
+        grpc_port: int | None = None,
     ) -> None:
-        self.port = free_port()
-        self.grpc_port = free_port()
+        self.port = port or free_port()
+        self.grpc_port = grpc_port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.target = target
         self.cwd = cwd

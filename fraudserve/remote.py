@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -23,9 +24,18 @@ class RunnerScorer:
     which the runners load on first use (see runners/factory.py).
     """
 
-    def __init__(self, runners: Mapping[str, Any], *, version: str) -> None:
+    def __init__(
+        self,
+        runners: Mapping[str, Any],
+        *,
+        version: str,
+        call_timeout_s: float | None = None,
+        bulk_call_timeout_s: float | None = None,
+    ) -> None:
         self.runners = dict(runners)
         self.version = version
+        self.call_timeout_s = call_timeout_s
+        self.bulk_call_timeout_s = bulk_call_timeout_s
 
     async def __call__(
         self, member: str, features: np.ndarray, *, bulk: bool, version: str | None = None
@@ -33,7 +43,10 @@ class RunnerScorer:
         runner = self.runners[member]
         call = runner.to_async.score_bulk if bulk else runner.to_async.score
         try:
-            scores = np.asarray(await call(with_version_column(features, version or self.version)))
+            # A runner that died is respawned behind a socket that still accepts connections:
+            # without our own deadline its callers would wait for BentoML's request timeout.
+            async with asyncio.timeout(self.bulk_call_timeout_s if bulk else self.call_timeout_s):
+                scores = np.asarray(await call(with_version_column(features, version or self.version)))
         except BentoMLException as exc:
             # Shed by the batcher's deadline (503) or the runner failed: retryable for the caller.
             log.warning("runner %s failed: %s", member, exc)

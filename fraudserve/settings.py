@@ -44,7 +44,14 @@ class Settings(BaseSettings):
         lt=1.0,
         description="Fraud decision threshold; default is the one chosen at training time.",
     )
-    runner_timeout_s: float = Field(60.0, gt=0, description="Timeout of one runner call.")
+    runner_timeout_s: float = Field(
+        60.0, gt=0, description="Timeout of one bulk (unbatched) runner call, and of the entry service's requests."
+    )
+    runner_call_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Timeout of one batched runner call; past it the caller gets a 503 (e.g. while a runner respawns).",
+    )
     api_workers: int = Field(1, ge=1, description="Worker processes of the entry service.")
     runner_workers: int = Field(1, ge=1, description="Worker processes of each model runner.")
     runner_threads: int = Field(

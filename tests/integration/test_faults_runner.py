@@ -1,4 +1,4 @@
-"""Kill a model runner under load: right answers or clean 503/504, not-ready, then recovery on its own.
+"""Kill a model runner under load: right answers or clean 503s, not-ready, then recovery on its own.
 
 BentoML's process supervisor (circus) respawns a dead runner on a plain host. It does NOT in a
 container (`respawn=not running_inside_container()` in bentoml/serving.py): there the
@@ -23,6 +23,7 @@ from models.transactions import generate_transactions
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REQUEST_TIMEOUT_S = 10.0
+RUNNER_CALL_TIMEOUT_S = 3.0
 CLIENTS = 12
 RUNNER = "fraud_hgb_runner"
 ROWS = generate_transactions(32, seed=41).drop(columns="is_fraud").to_dict("records")
@@ -34,6 +35,7 @@ def fragile(trained: str, bentoml_home: Path) -> Iterator[BundleServer]:
         "FRAUD_GRPC_ENABLED": "false",
         "FRAUD_READY_PROBE_TIMEOUT_S": "1",
         "FRAUD_REQUEST_TIMEOUT_S": str(REQUEST_TIMEOUT_S),
+        "FRAUD_RUNNER_CALL_TIMEOUT_S": str(RUNNER_CALL_TIMEOUT_S),
     }
     with BundleServer(env=env, bentoml_home=bentoml_home) as running:
         yield running
@@ -99,19 +101,17 @@ def test_killed_runner_gives_clean_503s_then_recovers(fragile: BundleServer) -> 
     results, ready = asyncio.run(scenario())
 
     statuses = [status for _, status, _, _ in results]
-    # 503: the call to the dead runner failed. 504: the call was accepted by the socket circus
-    # keeps listening while the runner restarts, and waited until the request deadline.
-    assert set(statuses) <= {200, 503, 504}, sorted(set(statuses))
+    # 503: the call to the dead runner failed, or it was accepted by the socket circus keeps
+    # listening while the runner restarts and hit FRAUD_RUNNER_CALL_TIMEOUT_S. Never a 504 or a hang.
+    assert set(statuses) <= {200, 503}, sorted(set(statuses))
     assert 503 in [s for _, s in ready], ready
     assert ready[-1][1] == 200, f"not ready again 90 s after the kill: {ready[-5:]}"
     slowest = max(elapsed for _, _, elapsed, _ in results)
-    assert slowest <= REQUEST_TIMEOUT_S + 2, f"a request hung for {slowest:.1f} s"
+    assert slowest <= RUNNER_CALL_TIMEOUT_S + 2, f"a request hung for {slowest:.1f} s"
     for row, status, _, response in results:
         body = response.json()
         if status == 503:
             assert body["error"] == "unavailable" and response.headers["retry-after"] == "1", body
-        elif status == 504:
-            assert body["error"] == "timeout", body
         else:
             got = body["predictions"][0]
             assert got["fraud_probability"] == pytest.approx(expected[row]["fraud_probability"], rel=1e-12)
@@ -121,6 +121,6 @@ def test_killed_runner_gives_clean_503s_then_recovers(fragile: BundleServer) -> 
     respawned = runner_processes(fragile, RUNNER)
     assert len(respawned) == 1 and respawned[0].pid != victim.pid
     print(
-        f"\n{len(results)} requests: {statuses.count(200)} ok, {statuses.count(503)} 503, {statuses.count(504)} 504;"
+        f"\n{len(results)} requests: {statuses.count(200)} ok, {statuses.count(503)} 503;"
         f" not ready for {ready[-1][0]:.1f} s; slowest answer {slowest:.2f} s"
     )
