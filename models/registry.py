@@ -140,7 +140,8 @@ def list_versions(prefix: str) -> list[dict[str, Any]]:
     for model in bentoml.models.list(f"{prefix}_{ENSEMBLE}"):
         version = str(model.tag.version)
         metrics = model.info.metadata.get("metrics", {})
-        ensemble = metrics.get(ENSEMBLE, {}) if isinstance(metrics, dict) else {}
+        found = metrics.get(ENSEMBLE) if isinstance(metrics, dict) else None
+        ensemble: dict[str, Any] = found if isinstance(found, dict) else {}
         rows.append(
             {
                 "version": version,

@@ -7,6 +7,7 @@ bash scripts/bootstrap.sh dev
 bash scripts/system-deps.sh redis java
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/mypy
 if [[ $# -eq 0 ]]; then
     set -- -m "not slow"
 fi

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -104,7 +104,8 @@ class RedisStreams:
 
     def read(self, count: int, block_ms: int) -> list[Delivery]:
         with _unavailable():
-            reply = self.client.xreadgroup(
+            # redis-py types replies as a union of its sync and async shapes; this client is sync.
+            reply: Any = self.client.xreadgroup(
                 self.group, self.consumer, {self.names.input: ">"}, count=count, block=block_ms
             )
         if not reply:
@@ -151,7 +152,7 @@ class RedisStreams:
         with _unavailable():
             pipe = self.client.pipeline(transaction=False)
             for fields in payloads:
-                pipe.xadd(self.names.input, dict(fields), maxlen=maxlen, approximate=True)
+                pipe.xadd(self.names.input, cast(Any, dict(fields)), maxlen=maxlen, approximate=True)
             return [str(i) for i in pipe.execute()]
 
     def stats(self) -> GroupStats:

@@ -196,8 +196,9 @@ class StreamWorker:
             if isinstance(o, DeadLetter):
                 metrics.DEAD_LETTERS.labels(reason=o.fields["reason"]).inc()
             else:
-                if appended[o.source_id] is not None:
-                    metrics.END_TO_END_SECONDS.observe(max(0.0, now - appended[o.source_id]))
+                appended_s = appended[o.source_id]
+                if appended_s is not None:
+                    metrics.END_TO_END_SECONDS.observe(max(0.0, now - appended_s))
                 if o.alert:
                     metrics.ALERTS.inc()
         dead = sum(isinstance(o, DeadLetter) for o in outcomes)
