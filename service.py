@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from typing import Annotated, Any
 
 import bentoml
@@ -105,38 +106,22 @@ class FraudDetection:
     @bentoml.api(route="/admin/policy/get")
     async def admin_policy_get(self, ctx: bentoml.Context) -> dict[str, Any]:
         """The traffic policy of this worker: policy, resolved versions, previous policy, cache stats."""
-        try:
-            admin.require_admin(ctx.request.headers.get("authorization"))
-            return await admin.get_policy(self.core)
-        except Exception as exc:  # noqa: BLE001 - the HTTP boundary maps every error once
-            return error_response(exc)  # type: ignore[return-value]
+        return await _admin(ctx, admin.get_policy(self.core))
 
     @bentoml.api(route="/admin/policy")
     async def admin_policy_set(self, policy: Policy, /, ctx: bentoml.Context) -> dict[str, Any]:
         """Switch traffic now (body: a policy); every worker follows within FRAUD_POLICY_REFRESH_S."""
-        try:
-            admin.require_admin(ctx.request.headers.get("authorization"))
-            return await admin.set_policy(self.core, policy)
-        except Exception as exc:  # noqa: BLE001
-            return error_response(exc)  # type: ignore[return-value]
+        return await _admin(ctx, admin.set_policy(self.core, policy))
 
     @bentoml.api(route="/admin/rollback")
     async def admin_rollback(self, ctx: bentoml.Context) -> dict[str, Any]:
         """Restore the previous traffic policy."""
-        try:
-            admin.require_admin(ctx.request.headers.get("authorization"))
-            return await admin.rollback(self.core)
-        except Exception as exc:  # noqa: BLE001
-            return error_response(exc)  # type: ignore[return-value]
+        return await _admin(ctx, admin.rollback(self.core))
 
     @bentoml.api(route="/admin/reload")
     async def admin_reload(self, ctx: bentoml.Context) -> dict[str, Any]:
         """Resolve the registry aliases (stable, canary) again, in every worker."""
-        try:
-            admin.require_admin(ctx.request.headers.get("authorization"))
-            return await admin.reload(self.core)
-        except Exception as exc:  # noqa: BLE001
-            return error_response(exc)  # type: ignore[return-value]
+        return await _admin(ctx, admin.reload(self.core))
 
     @bentoml.on_startup
     async def start_oip(self) -> None:
@@ -156,6 +141,16 @@ class FraudDetection:
         except Exception as exc:  # noqa: BLE001 - any failure means not ready
             log.warning("readiness probe failed: %r", exc)
             return False
+
+
+async def _admin(ctx: bentoml.Context, action: Coroutine[Any, Any, dict[str, Any]]) -> Any:
+    """Run an admin action once the caller's admin key checks out; errors mapped once, as for /predict."""
+    try:
+        admin.require_admin(ctx.request.headers.get("authorization"))
+        return await action
+    except Exception as exc:  # noqa: BLE001 - the HTTP boundary maps every error once
+        action.close()
+        return error_response(exc)
 
 
 # API keys, rate limit, in-flight cap, body size, deadline: wraps every route, the /v2 mount included.

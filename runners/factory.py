@@ -104,11 +104,17 @@ def build_runner(kind: str, scorer: Scorer) -> Any:
             return version
 
     Runner.__name__ = Runner.__qualname__ = f"{kind.capitalize()}Runner"
+    return runner_service(Runner, f"{settings.model_prefix}_{kind}_runner")
+
+
+def runner_service(cls: type, name: str) -> Any:
+    """Declare a runner class as a BentoML service, with the options every runner needs."""
+    settings = get_settings()
     return bentoml.service(
-        name=f"{settings.model_prefix}_{kind}_runner",
+        name=name,
         workers=settings.runner_workers,
         traffic={"timeout": settings.runner_timeout_s},
         # BentoML 1.4.39 recycles the caller's connection every 100 requests and closes it
         # under in-flight requests ("Connector is closed" -> 500 under load): never recycle.
         runner_connection={"max_requests": 2**31 - 1, "max_age": 10.0 * 365 * 24 * 3600},
-    )(Runner)
+    )(cls)

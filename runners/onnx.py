@@ -25,6 +25,7 @@ from fraudserve.errors import InvalidInput, ModelStoreError
 from fraudserve.metrics import RUNNER_BATCH_ROWS, RUNNER_LATENCY
 from fraudserve.rollout.versions import version_code
 from fraudserve.settings import get_settings
+from runners.factory import runner_service
 
 
 def build_onnx_runner(kind: str) -> Any:
@@ -72,13 +73,7 @@ def build_onnx_runner(kind: str) -> Any:
             return str(self.bundle.version)
 
     OnnxRunner.__name__ = OnnxRunner.__qualname__ = f"{kind.capitalize()}OnnxRunner"
-    return bentoml.service(
-        name=f"{settings.model_prefix}_{kind}_onnx_runner",
-        workers=settings.runner_workers,
-        traffic={"timeout": settings.runner_timeout_s},
-        # Same reason as runners/factory.py: BentoML 1.4.39 recycles caller connections under load.
-        runner_connection={"max_requests": 2**31 - 1, "max_age": 10.0 * 365 * 24 * 3600},
-    )(OnnxRunner)
+    return runner_service(OnnxRunner, f"{settings.model_prefix}_{kind}_onnx_runner")
 
 
 HgbOnnxRunner = build_onnx_runner("hgb")
