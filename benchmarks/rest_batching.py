@@ -73,7 +73,11 @@ async def drive(url: str, rows: list[dict[str, Any]], concurrency: int, duration
 
 
 def serve_and_drive(batching: bool, rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
-    env = {"FRAUD_BATCHING_ENABLED": str(batching).lower(), "FRAUD_GRPC_ENABLED": "false"}
+    env = {
+        "FRAUD_BATCHING_ENABLED": str(batching).lower(),
+        "FRAUD_GRPC_ENABLED": "false",
+        "FRAUD_API_WORKERS": str(args.api_workers),
+    }
     with BundleServer(env=env) as server:
         asyncio.run(drive(server.url, rows, args.concurrency, args.warmup_s))
         result = asyncio.run(drive(server.url, rows, args.concurrency, args.duration_s))
@@ -120,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration-s", type=float, default=20.0)
     parser.add_argument("--warmup-s", type=float, default=5.0)
     parser.add_argument("--rows", type=int, default=2_000, help="distinct seeded payload rows")
+    parser.add_argument("--api-workers", type=int, default=1, help="entry-service workers (FRAUD_API_WORKERS)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -129,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
 
     on, off = runs["batching on"], runs["batching off"]
     header = f"{'mode':<14}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'rows/batch':>12}"
-    print(f"\nsingle-row POST /predict, {args.concurrency} concurrent, {args.duration_s:.0f}s, {os.cpu_count()} cores")
+    print(
+        f"\nsingle-row POST /predict, {args.concurrency} concurrent, {args.duration_s:.0f}s,"
+        f" {args.api_workers} API worker(s), {os.cpu_count()} cores"
+    )
     print(header)
     for name, r in runs.items():
         print(
@@ -145,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "node": platform.node()},
         "concurrency": args.concurrency,
+        "api_workers": args.api_workers,
         "duration_s": args.duration_s,
         "runs": runs,
         "raw": raw,
