@@ -52,5 +52,9 @@ class EnsembleSpec:
     def tag(self, member: str) -> str:
         return f"{self.prefix}_{member}:{self.version}"
 
+    def tags(self) -> dict[str, str]:
+        """Store tag of the ensemble and of each member, as responses and summaries report them."""
+        return {"ensemble": self.tag("ensemble"), **{m: self.tag(m) for m in self.members}}
+
     def combine(self, scores: Mapping[str, np.ndarray]) -> np.ndarray:
         return combine(scores, self.weights, self.links, self.intercept)

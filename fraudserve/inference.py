@@ -108,7 +108,7 @@ class InferenceCore:
         self.bulk_rows_threshold = bulk_rows_threshold
         self.threshold_override = threshold
         self.threshold = self.threshold_for(spec)
-        self.model_versions = _tags(spec)
+        self.model_versions = spec.tags()
         # Traffic policy, cache and shadow; by default one version (``spec``) and no cache.
         self.rollout = rollout or Rollout(spec)
 
@@ -184,7 +184,7 @@ class InferenceCore:
             member_scores=member_scores,
             threshold=threshold,
             version=spec.version,
-            model_versions=self.model_versions if spec is self.spec else _tags(spec),
+            model_versions=self.model_versions if spec is self.spec else spec.tags(),
             latency_ms=round(latency_s * 1000.0, 3),
             variant=route.variant,
             routing_note=route.note,
@@ -233,7 +233,3 @@ class InferenceCore:
         spec = self.rollout.spec(version)
         probabilities = spec.combine(await self._score_members(spec, features))
         return probabilities, probabilities >= self.threshold_for(spec)
-
-
-def _tags(spec: EnsembleSpec) -> dict[str, str]:
-    return {"ensemble": spec.tag("ensemble"), **{m: spec.tag(m) for m in spec.members}}

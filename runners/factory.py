@@ -40,9 +40,8 @@ log = logging.getLogger(__name__)
 def build_runner(kind: str, scorer: Scorer) -> Any:
     settings = get_settings()
     version = store.resolve_version(settings.model_prefix, settings.model_version)
-    tag = f"{store.model_name(settings.model_prefix, kind)}:{version}"
-
     name = store.model_name(settings.model_prefix, kind)
+    tag = f"{name}:{version}"
 
     def _score(self: Any, features: np.ndarray, path: str) -> np.ndarray:
         started = time.perf_counter()

@@ -18,6 +18,7 @@ from .progress import Progress
 from .scoring import ScoredChunk
 from .sink import Output
 from .source import Chunk, InputFiles
+from .stats import ChunkStats
 
 ChunkScorer = Callable[[Chunk], ScoredChunk]
 
@@ -94,14 +95,7 @@ def summary(
         "input": input_path,
         "output": str(output.path),
         "rejected_file": str(output.rejected_path),
-        "rows_in": totals.rows_in,
-        "rows_out": totals.rows_out,
-        "rows_rejected": totals.rejected,
-        "rejected_by_field": dict(totals.reasons.most_common()),
-        "flagged": totals.flagged,
-        "flagged_rate": totals.flagged / totals.rows_out if totals.rows_out else None,
-        "threshold": threshold,
-        "score_distribution": totals.score_distribution(),
+        **totals_fields(totals, threshold),
         "chunks": counts.chunks,
         "chunks_resumed": counts.resumed,
         "duration_s": round(counts.duration_s, 3),
@@ -110,6 +104,20 @@ def summary(
         "model_version": versions.get("ensemble", "").rpartition(":")[2] or None,
         "model_versions": versions,
         **(extra or {}),
+    }
+
+
+def totals_fields(totals: ChunkStats, threshold: float) -> dict[str, Any]:
+    """The rows, rejects, flags and score distribution of a run, as every engine's summary reports them."""
+    return {
+        "rows_in": totals.rows_in,
+        "rows_out": totals.rows_out,
+        "rows_rejected": totals.rejected,
+        "rejected_by_field": dict(totals.reasons.most_common()),
+        "flagged": totals.flagged,
+        "flagged_rate": totals.flagged / totals.rows_out if totals.rows_out else None,
+        "threshold": threshold,
+        "score_distribution": totals.score_distribution(),
     }
 
 

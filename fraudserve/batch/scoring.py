@@ -116,7 +116,7 @@ class LocalChunkScorer:
         self.scorer = scorer
         self.layout = layout
         self.threshold = spec.threshold if threshold is None else threshold
-        self.model_versions = {"ensemble": spec.tag("ensemble"), **{m: spec.tag(m) for m in spec.members}}
+        self.model_versions = spec.tags()
 
     def __call__(self, chunk: Chunk) -> ScoredChunk:
         encoded = encode_chunk(self.spec.schema, chunk)

@@ -29,6 +29,7 @@ from fraudserve.errors import InvalidInput
 from fraudserve.settings import get_settings
 from models import store
 
+from .runner import totals_fields
 from .scoring import ROW_NUMBER, OutputLayout
 from .source import InputFiles
 from .spark_worker import BLOCK, FILE, REASON, REASON_FIELDS, Job, score_partition
@@ -127,28 +128,20 @@ def run_spark(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
 
     duration = time.perf_counter() - started
-    versions = {"ensemble": spec.tag("ensemble"), **{m: spec.tag(m) for m in spec.members}}
     result = {
         "engine": "spark",
         "master": args.master,
         "input": str(args.input),
         "output": str(output),
         "rejected_file": str(output / "_rejected.csv"),
-        "rows_in": totals.rows_in,
-        "rows_out": totals.rows_out,
-        "rows_rejected": totals.rejected,
-        "rejected_by_field": dict(totals.reasons.most_common()),
-        "flagged": totals.flagged,
-        "flagged_rate": totals.flagged / totals.rows_out if totals.rows_out else None,
-        "threshold": threshold,
-        "score_distribution": totals.score_distribution(),
+        **totals_fields(totals, threshold),
         "chunks": None,
         "chunks_resumed": 0,
         "rows_scored_this_run": totals.rows_in,
         "duration_s": round(duration, 3),
         "rows_per_s": round(totals.rows_in / duration, 1),
         "model_version": spec.version,
-        "model_versions": versions,
+        "model_versions": spec.tags(),
         "arrow_batch_rows": args.arrow_batch_rows,
     }
     (output / "_summary.json").write_text(json.dumps(result, indent=2))
