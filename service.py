@@ -2,7 +2,9 @@
 
     bentoml serve service:FraudDetection       # REST on :3000 (see README.md)
 
-It only wires: every API below is a thin call into ``fraudserve.inference.InferenceCore``.
+It only wires: every route is a thin call into ``fraudserve.inference.InferenceCore``; ``POST /predict``
+is served by ``fraudserve.rest_predict`` (a Starlette route, see there why), the Open Inference Protocol
+by ``fraudserve.oip``.
 """
 
 from __future__ import annotations
@@ -10,15 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
-from typing import Annotated, Any
+from typing import Any
 
 import bentoml
 import numpy as np
-from pydantic import BeforeValidator, Field
 
+from fraudserve import rest_predict
+from fraudserve.batcher import RowBatcher
 from fraudserve.http_errors import error_response
 from fraudserve.image import IMAGE
-from fraudserve.inference import InferenceCore, PredictResponse
+from fraudserve.inference import InferenceCore
 from fraudserve.oip import serving as oip
 from fraudserve.remote import RunnerScorer
 from fraudserve.rollout import admin
@@ -35,20 +38,6 @@ from runners.logreg import LogregRunner
 log = logging.getLogger(__name__)
 settings = get_settings()
 SPEC = store.load_ensemble(settings.model_prefix, settings.model_version)
-Transaction = SPEC.schema.pydantic_model("Transaction")
-
-TransactionsIn = Annotated[
-    list[Transaction],  # type: ignore[valid-type]
-    BeforeValidator(lambda value: [value] if isinstance(value, dict) else value),
-    Field(description="A list of transactions (a single object is accepted too), at most FRAUD_MAX_ROWS_PER_REQUEST."),
-]
-RoutingKey = Annotated[
-    str | None,
-    Field(
-        max_length=settings.routing_key_max_chars,
-        description="Sticky A/B key (e.g. a customer id): the same key always gets the same variant.",
-    ),
-]
 
 
 @bentoml.service(
@@ -57,6 +46,7 @@ RoutingKey = Annotated[
     traffic={"timeout": settings.runner_timeout_s},
     image=IMAGE,  # the OCI image: fraudserve/image.py, scripts/image.sh
 )
+@bentoml.asgi_app(rest_predict.app)  # serves POST /predict and /docs.json (see fraudserve/rest_predict.py)
 @bentoml.asgi_app(oip.rest_app)  # serves /v2/... (see fraudserve/oip/rest.py)
 class FraudDetection:
     ensemble_ref = bentoml.models.BentoModel(SPEC.tag("ensemble"))
@@ -71,6 +61,14 @@ class FraudDetection:
             call_timeout_s=settings.runner_call_timeout_s,
             bulk_call_timeout_s=settings.runner_timeout_s,
         )
+        batcher = None
+        if settings.entry_batching_enabled:
+            batcher = RowBatcher(
+                scorer.call_coded,
+                max_batch_rows=settings.entry_max_batch_rows,
+                max_queued_rows=settings.entry_max_queued_rows,
+                max_inflight_batches=settings.entry_max_inflight_batches,
+            )
         self.core = InferenceCore(
             SPEC,
             scorer,
@@ -78,18 +76,14 @@ class FraudDetection:
             bulk_rows_threshold=settings.bulk_rows_threshold,
             threshold=settings.decision_threshold,
             rollout=Rollout.from_settings(SPEC, settings),
+            batcher=batcher,
+        )
+        rest_predict.attach(
+            self.core,
+            max_key_chars=settings.routing_key_max_chars,
+            base_openapi=lambda: FraudDetection.openapi_spec.asdict(),
         )
         self._probe = np.asarray(SPEC.schema.encode_records([SPEC.schema.example_row()]))
-
-    @bentoml.api(route="/predict")
-    async def predict(self, transactions: TransactionsIn, routing_key: RoutingKey = None) -> PredictResponse:
-        """Score one transaction or a list: ensemble probability, decision, per-model scores."""
-        try:
-            records = [row.model_dump() for row in transactions]
-            scored = await self.core.predict(records, transport="rest", routing_key=routing_key)
-        except Exception as exc:  # noqa: BLE001 - the HTTP boundary maps every error once
-            return error_response(exc)  # type: ignore[return-value]
-        return scored.to_response()
 
     @bentoml.api(route="/model")
     def model(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 from pydantic import BaseModel, Field
 
+from fraudserve.batcher import RowBatcher
 from fraudserve.ensemble import EnsembleSpec
 from fraudserve.errors import InvalidInput, NotFound, PayloadTooLarge
 from fraudserve.metrics import PREDICTIONS, REQUEST_ROWS
@@ -56,7 +57,7 @@ class PredictResponse(BaseModel):
 
 @dataclass(frozen=True)
 class ScoredBatch:
-    """Scores of one request, as arrays; ``to_response`` renders them for JSON transports."""
+    """Scores of one request, as arrays; ``to_dict`` renders them for JSON transports."""
 
     probabilities: np.ndarray
     decisions: np.ndarray
@@ -68,27 +69,33 @@ class ScoredBatch:
     variant: str = "stable"
     routing_note: str | None = None
 
-    def to_response(self) -> PredictResponse:
+    def to_dict(self) -> dict[str, Any]:
+        """The ``PredictResponse`` body as plain JSON values (no per-row pydantic objects on the hot path)."""
         members = list(self.member_scores)
         columns = [self.member_scores[m].tolist() for m in members]
+        threshold, version, variant, latency = self.threshold, self.version, self.variant, self.latency_ms
         predictions = [
-            Prediction(
-                fraud_probability=p,
-                is_fraud=d,
-                threshold=self.threshold,
-                scores=dict(zip(members, row, strict=True)),
-                model_version=self.version,
-                variant=self.variant,
-                latency_ms=self.latency_ms,
-            )
+            {
+                "fraud_probability": p,
+                "is_fraud": d,
+                "threshold": threshold,
+                "scores": dict(zip(members, row, strict=True)),
+                "model_version": version,
+                "variant": variant,
+                "latency_ms": latency,
+            }
             for p, d, *row in zip(self.probabilities.tolist(), self.decisions.tolist(), *columns, strict=True)
         ]
-        return PredictResponse(
-            predictions=predictions,
-            model_versions=self.model_versions,
-            routing_note=self.routing_note,
-            latency_ms=self.latency_ms,
-        )
+        return {
+            "predictions": predictions,
+            "model_versions": self.model_versions,
+            "routing_note": self.routing_note,
+            "latency_ms": latency,
+        }
+
+    def to_response(self) -> PredictResponse:
+        """``to_dict`` checked against the documented response model (tests and tools; not the hot path)."""
+        return PredictResponse.model_validate(self.to_dict())
 
 
 class InferenceCore:
@@ -101,6 +108,7 @@ class InferenceCore:
         bulk_rows_threshold: int,
         threshold: float | None = None,
         rollout: Rollout | None = None,
+        batcher: RowBatcher | None = None,
     ) -> None:
         self.spec = spec
         self.scorer = scorer
@@ -111,6 +119,10 @@ class InferenceCore:
         self.model_versions = spec.tags()
         # Traffic policy, cache and shadow; by default one version (``spec``) and no cache.
         self.rollout = rollout or Rollout(spec)
+        # Requests of up to ``bulk_rows_threshold`` rows share runner calls through it (fraudserve/batcher.py).
+        self.batcher = batcher
+        if batcher is not None and batcher.max_batch_rows < bulk_rows_threshold:
+            raise ValueError("the entry batch must hold the largest batched request (bulk_rows_threshold rows)")
 
     def threshold_for(self, spec: EnsembleSpec) -> float:
         return spec.threshold if self.threshold_override is None else self.threshold_override
@@ -125,15 +137,23 @@ class InferenceCore:
         if n_rows > self.max_rows:
             raise PayloadTooLarge(f"{n_rows} rows exceed the limit of {self.max_rows} per request", field=field)
 
-    def encode(self, records: Sequence[Mapping[str, Any]], field: str = "transactions") -> np.ndarray:
-        """Validate + features: rows as mappings -> the encoded matrix the runners take."""
+    def encode(
+        self, records: Sequence[Mapping[str, Any]], field: str = "transactions", *, strict: bool = False
+    ) -> np.ndarray:
+        """Validate + features: rows as mappings -> the encoded matrix the runners take (validated once, here)."""
         self.check_rows(len(records), field)
-        return self.schema.encode_records(records, prefix=field)
+        return self.schema.encode_records(records, prefix=field, strict=strict)
 
     async def predict(
-        self, records: Sequence[Mapping[str, Any]], *, transport: str, routing_key: str | None = None
+        self,
+        records: Sequence[Mapping[str, Any]],
+        *,
+        transport: str,
+        routing_key: str | None = None,
+        strict: bool = False,
     ) -> ScoredBatch:
-        return await self.score(self.encode(records), transport=transport, routing_key=routing_key)
+        """Score rows given as mappings (JSON transports); ``strict`` refuses fields the schema does not know."""
+        return await self._score(self.encode(records, strict=strict), transport=transport, routing_key=routing_key)
 
     async def score_member(
         self, member: str, features: np.ndarray, *, transport: str, field: str = "transactions"
@@ -143,9 +163,9 @@ class InferenceCore:
             raise NotFound(f"unknown member model {member!r}; members are {list(self.spec.members)}", field="model")
         self.check_rows(len(features), field)
         self.schema.validate_matrix(features, prefix=field)
-        scores = await self.scorer(member, features, bulk=len(features) > self.bulk_rows_threshold)
+        scores = (await self._score_members(self.spec, features, members=(member,)))[member]
         REQUEST_ROWS.labels(transport=transport).observe(len(features))
-        return np.asarray(scores, dtype=np.float64).reshape(-1)
+        return scores
 
     async def score(
         self, features: np.ndarray, *, transport: str, field: str = "transactions", routing_key: str | None = None
@@ -155,9 +175,12 @@ class InferenceCore:
         The traffic policy picks the version (``routing_key`` keeps a client on one A/B variant);
         a shadow version, if any, scores the same rows in the background, never awaited here.
         """
-        started = time.perf_counter()
         self.check_rows(len(features), field)
         self.schema.validate_matrix(features, prefix=field)
+        return await self._score(features, transport=transport, routing_key=routing_key)
+
+    async def _score(self, features: np.ndarray, *, transport: str, routing_key: str | None) -> ScoredBatch:
+        started = time.perf_counter()
         probe = transport == PROBE_TRANSPORT
         self.rollout.refresh()
         route = Route("probe", self.rollout.router.primary_version) if probe else self.rollout.route(routing_key)
@@ -210,11 +233,16 @@ class InferenceCore:
             cache.put_many([keys[i] for i in missing], block)
         return {m: matrix[:, j] for j, m in enumerate(spec.members)}
 
-    async def _score_members(self, spec: EnsembleSpec, features: np.ndarray) -> dict[str, np.ndarray]:
+    async def _score_members(
+        self, spec: EnsembleSpec, features: np.ndarray, *, members: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        members = spec.members if members is None else members
         bulk = len(features) > self.bulk_rows_threshold
+        if self.batcher is not None and not bulk:
+            return await self.batcher.score(spec.version, members, features)
         extra = {} if spec.version == self.spec.version else {"version": spec.version}
-        results = await asyncio.gather(*(self.scorer(m, features, bulk=bulk, **extra) for m in spec.members))
-        return {m: np.asarray(r, dtype=np.float64).reshape(-1) for m, r in zip(spec.members, results, strict=True)}
+        results = await asyncio.gather(*(self.scorer(m, features, bulk=bulk, **extra) for m in members))
+        return {m: np.asarray(r, dtype=np.float64).reshape(-1) for m, r in zip(members, results, strict=True)}
 
     async def warm_up(self) -> dict[str, str]:
         """Score one row with every version of the policy, so the runners load them now, not on a customer's request.

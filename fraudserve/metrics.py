@@ -39,3 +39,19 @@ ERRORS = bentoml.metrics.Counter(
     documentation="Requests that failed, by transport and reason.",
     labelnames=["transport", "reason"],
 )
+ENTRY_BATCH_ROWS = bentoml.metrics.Histogram(
+    name="fraud_entry_batch_rows",
+    documentation="Rows of one entry-worker batch (one runner call), merged from concurrent requests.",
+    labelnames=["model"],
+    buckets=_ROW_BUCKETS,
+)
+ENTRY_BATCH_REQUESTS = bentoml.metrics.Histogram(
+    name="fraud_entry_batch_requests",
+    documentation="Requests merged into one entry-worker batch (one runner call).",
+    labelnames=["model"],
+    buckets=_ROW_BUCKETS,
+)
+ENTRY_QUEUE_REJECTED = bentoml.metrics.Counter(
+    name="fraud_entry_queue_rejected",
+    documentation="Requests refused (503 / UNAVAILABLE) because the entry worker's batch queue was full.",
+)

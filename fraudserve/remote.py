@@ -40,13 +40,21 @@ class RunnerScorer:
     async def __call__(
         self, member: str, features: np.ndarray, *, bulk: bool, version: str | None = None
     ) -> np.ndarray:
+        scores = await self.call_coded(member, with_version_column(features, version or self.version), bulk=bulk)
+        if np.isnan(scores).any():
+            # The runner marks the rows of a version it cannot load or score (see runners/factory.py).
+            raise Unavailable(f"model runner {member!r} cannot score version {version or self.version}")
+        return scores
+
+    async def call_coded(self, member: str, coded: np.ndarray, *, bulk: bool = False) -> np.ndarray:
+        """One runner call on rows that already carry their version code; NaN marks a row whose version failed."""
         runner = self.runners[member]
         call = runner.to_async.score_bulk if bulk else runner.to_async.score
         try:
             # A runner that died is respawned behind a socket that still accepts connections:
             # without our own deadline its callers would wait for BentoML's request timeout.
             async with asyncio.timeout(self.bulk_call_timeout_s if bulk else self.call_timeout_s):
-                scores = np.asarray(await call(with_version_column(features, version or self.version)))
+                return np.asarray(await call(coded), dtype=np.float64).reshape(-1)
         except BentoMLException as exc:
             # Shed by the batcher's deadline (503) or the runner failed: retryable for the caller.
             log.warning("runner %s failed: %s", member, exc)
@@ -54,7 +62,3 @@ class RunnerScorer:
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
             log.warning("runner %s unreachable: %r", member, exc)
             raise Unavailable(f"model runner {member!r} is unreachable; retry later") from exc
-        if np.isnan(scores).any():
-            # The runner marks the rows of a version it cannot load or score (see runners/factory.py).
-            raise Unavailable(f"model runner {member!r} cannot score version {version or self.version}")
-        return scores

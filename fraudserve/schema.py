@@ -66,18 +66,17 @@ class FeatureSchema(BaseModel):
     def numeric_indices(self) -> list[int]:
         return [i for i, f in enumerate(self.features) if f.kind != "category"]
 
-    def encode_records(self, records: Sequence[Mapping[str, Any]], *, prefix: str = "") -> np.ndarray:
-        """Validate rows given as mappings and encode them into a float64 matrix.
+    def encode_records(
+        self, records: Sequence[Mapping[str, Any]], *, prefix: str = "", strict: bool = False
+    ) -> np.ndarray:
+        """Validate rows given as mappings and encode them into a float64 matrix (``fraudserve.encoder``).
 
-        Raises InvalidInput naming the first bad field as ``{prefix}[row].name``.
+        Raises InvalidInput naming the first bad field as ``{prefix}[row].name``; ``strict`` also
+        refuses fields the schema does not know.
         """
-        out = np.empty((len(records), len(self.features)), dtype=np.float64)
-        for r, record in enumerate(records):
-            if not isinstance(record, Mapping):
-                raise InvalidInput("each transaction must be an object", field=f"{prefix}[{r}]")
-            for c, feature in enumerate(self.features):
-                out[r, c] = encode_value(feature, record.get(feature.name), f"{prefix}[{r}].{feature.name}")
-        return out
+        from fraudserve.encoder import encoder_for
+
+        return encoder_for(self).encode(records, prefix=prefix, strict=strict)
 
     def validate_matrix(self, matrix: np.ndarray, *, prefix: str = "") -> np.ndarray:
         """Check an already-encoded matrix (as sent in a tensor) against the schema."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -36,6 +36,24 @@ class Settings(BaseSettings):
         64,
         ge=1,
         description="Requests with more rows than this skip the batcher and use the bulk path.",
+    )
+    entry_batching_enabled: bool = Field(
+        True,
+        description=(
+            "Coalesce the rows of concurrent requests in each API worker into one call per member runner"
+            " (all transports); off: one runner call per request."
+        ),
+    )
+    entry_max_batch_rows: int = Field(
+        256, ge=1, description="Most rows of one entry-worker batch; at least FRAUD_BULK_ROWS_THRESHOLD."
+    )
+    entry_max_queued_rows: int = Field(
+        4096,
+        ge=1,
+        description="Rows waiting for a batch in one API worker; past it requests are refused at once (503).",
+    )
+    entry_max_inflight_batches: int = Field(
+        1, ge=1, description="Entry-worker batches in flight to the runners at once, per API worker."
     )
     max_rows_per_request: int = Field(10_000, ge=1, description="Row cap of one request.")
     decision_threshold: float | None = Field(
@@ -146,6 +164,14 @@ class Settings(BaseSettings):
     cache_max_entries: int = Field(100_000, ge=1, description="Rows the response cache holds per worker.")
     cache_ttl_s: float = Field(300.0, gt=0, description="Age after which a cached row is scored again.")
     routing_key_max_chars: int = Field(256, ge=1, description="Longest `routing_key` a /predict request may carry.")
+
+    @model_validator(mode="after")
+    def _entry_batch_holds_a_batched_request(self) -> Settings:
+        if self.entry_max_batch_rows < self.bulk_rows_threshold:
+            raise ValueError("FRAUD_ENTRY_MAX_BATCH_ROWS must be at least FRAUD_BULK_ROWS_THRESHOLD")
+        if self.entry_max_queued_rows < self.entry_max_batch_rows:
+            raise ValueError("FRAUD_ENTRY_MAX_QUEUED_ROWS must be at least FRAUD_ENTRY_MAX_BATCH_ROWS")
+        return self
 
 
 @lru_cache(maxsize=1)
