@@ -1,14 +1,15 @@
-"""Edge export: scikit-learn runners vs ONNX runners (full and compact bundles) on the same rows.
+"""Member runtimes: scikit-learn vs ONNX runners (the graphs stored with the members) vs the compact edge bundle.
 
     .venv/bin/python -m benchmarks.edge                  # models from $BENTOML_HOME (make models)
     .venv/bin/python -m benchmarks.edge --rows 20000 --batch-sizes 1,64,1024 --min-time-s 1
 
-Exports both bundle variants into a temp dir, then calls the runner classes in-process (no
-HTTP: ``runners/hgb.py`` etc. and ``runners/onnx.py``, built with ``.inner()``), one thread each
-as the served runners are, on the same seeded rows: rows/s per member and batch size, the whole
-ensemble (3 members + combine) per variant, model sizes on disk, and the max |score difference|
-to scikit-learn. Prints a table, writes benchmarks/results/edge.json. Compare ratios, not
-absolute numbers: the machine is shared and noisy.
+Builds the runner classes of both runtimes from the store and calls them in-process (no HTTP:
+``runners.factory.build_runner(member, runtime).inner()``), one thread each as the served
+runners are; the "full" edge bundle holds the same float64 graphs as the store, so the compact
+bundle (exported into a temp dir) is measured with its own scorer. On the same seeded rows:
+rows/s per member and batch size, the whole ensemble (3 members + combine) per variant, model
+sizes on disk, and the max |score difference| to scikit-learn. Prints a table, writes
+benchmarks/results/edge.json. Compare ratios, not absolute numbers: the machine is shared and noisy.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from typing import Any
 import bentoml
 import numpy as np
 
-from fraudserve.edge.bundle import bundle_size, export_bundle, parity_rows
+from fraudserve.edge.bundle import bundle_size, export_bundle
+from fraudserve.edge.parity import parity_rows, reference_scores
 from fraudserve.edge.scorer import EdgeBundle
 from fraudserve.local import load_local
 from fraudserve.rollout.versions import with_version_column
@@ -61,54 +63,63 @@ def main(argv: list[str] | None = None) -> int:
     if args.version:
         # The runner modules read the settings once, at import.
         os.environ["FRAUD_MODEL_VERSION"] = args.version
-    from runners.onnx import build_onnx_runner
+    from runners.factory import build_runner
 
     spec, local = load_local(version=args.version)
     rows = parity_rows(spec.schema, args.rows, seed=4242)
     # Runners take [version code, features...] rows (fraudserve/rollout/versions.py).
     coded = with_version_column(rows, spec.version)
-    expected = {m: local.score_sync(m, rows) for m in spec.members}
+    expected = reference_scores({m: local.estimators[m] for m in spec.members}, rows)
     expected_p = spec.combine(expected)
 
     results: list[dict[str, Any]] = []
+    runners = {rt: {m: build_runner(m, rt).inner() for m in spec.members} for rt in ("sklearn", "onnx")}
+    for member in spec.members:
+        stored = Path(bentoml.models.get(spec.tag(member)).path)
+        for rt, artifact in (("sklearn", store.ARTIFACT), ("onnx", store.ONNX_ARTIFACT)):
+            runner = runners[rt][member]
+            if runner.runtime != rt:
+                raise SystemExit(f"{spec.tag(member)} has no usable ONNX graph; retrain it (python -m models.train)")
+            diff = float(np.max(np.abs(runner.score(coded) - expected[member])))
+            size = (stored / artifact).stat().st_size
+            _measure(results, rt, member, size, diff, runner.score, coded, batches, args)
+
+    for rt in ("sklearn", "onnx"):
+
+        def ensemble(x: np.ndarray, members: dict[str, Any] = runners[rt]) -> np.ndarray:
+            return spec.combine({m: members[m].score(x) for m in spec.members})
+
+        diff = float(np.max(np.abs(ensemble(coded) - expected_p)))
+        total = sum(r["size_bytes"] for r in results if r["variant"] == rt and r["batch"] == batches[0])
+        _measure(results, rt, "ensemble", total, diff, ensemble, coded, batches, args)
+
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
-        bundles = {v: Path(tmp) / v for v in ("full", "compact")}
-        for variant, path in bundles.items():
-            export_bundle(spec, local.estimators, path, variant=variant)  # type: ignore[arg-type]
-
-        sklearn_runners = {m: _sklearn_runner(m) for m in spec.members}
-        for member in spec.members:
-            artifact = Path(bentoml.models.get(spec.tag(member)).path) / store.ARTIFACT
-            _measure(
-                results,
-                "sklearn",
-                member,
-                artifact.stat().st_size,
-                0.0,
-                sklearn_runners[member].score,
-                coded,
-                batches,
-                args,
-            )
-            for variant, path in bundles.items():
-                runner = build_onnx_runner(member).inner(path)
-                diff = float(np.max(np.abs(runner.score(coded) - expected[member])))
-                size = bundle_size(path)[f"members/{member}.onnx"]
-                _measure(results, f"onnx-{variant}", member, size, diff, runner.score, coded, batches, args)
-
-        def sklearn_ensemble(x: np.ndarray) -> np.ndarray:
-            return spec.combine({m: sklearn_runners[m].score(x) for m in spec.members})
-
-        total = sum(r["size_bytes"] for r in results if r["variant"] == "sklearn" and r["batch"] == batches[0])
-        _measure(results, "sklearn", "ensemble", total, 0.0, sklearn_ensemble, coded, batches, args)
+        path = Path(tmp) / "compact"
+        export_bundle(spec, local.estimators, path, variant="compact")
+        sizes = bundle_size(path)
         # The bundle's own scorer (as on a device) takes plain feature rows.
-        for variant, path in bundles.items():
-            bundle = EdgeBundle(path)
-            diff = float(np.max(np.abs(bundle.score(rows).probabilities - expected_p)))
-            size = bundle_size(path)["members_total"]
-            _measure(
-                results, f"onnx-{variant}", "ensemble", size, diff, lambda x, b=bundle: b.score(x), rows, batches, args
-            )
+        for member in spec.members:
+            one = EdgeBundle(path, only=[member])
+            diff = float(np.max(np.abs(one.member_scores(rows)[member] - expected[member])))
+
+            def member_score(x: np.ndarray, b: EdgeBundle = one, m: str = member) -> np.ndarray:
+                return b.member_scores(x)[m]
+
+            size = sizes[f"members/{member}.onnx"]
+            _measure(results, "onnx-compact", member, size, diff, member_score, rows, batches, args)
+        bundle = EdgeBundle(path)
+        diff = float(np.max(np.abs(bundle.score(rows).probabilities - expected_p)))
+        _measure(
+            results,
+            "onnx-compact",
+            "ensemble",
+            sizes["members_total"],
+            diff,
+            lambda x: bundle.score(x),
+            rows,
+            batches,
+            args,
+        )
 
     print(_table(results))
     report = {
@@ -122,13 +133,6 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
-
-
-def _sklearn_runner(member: str) -> Any:
-    import importlib
-
-    module = importlib.import_module(f"runners.{member}")
-    return getattr(module, f"{member.capitalize()}Runner").inner()
 
 
 def _measure(

@@ -15,8 +15,9 @@ import bentoml
 
 BASE_IMAGE = "localhost/fraud-python-base:3.11-bookworm-nopip"
 PYTHON_VERSION = "3.11"
-# Packages of requirements.txt the serving image does without: pyarrow (170 MB) is read by fraud-batch only.
-NOT_SERVED = frozenset({"pyarrow"})
+# Packages of requirements.txt the serving image does without: pyarrow (170 MB) is read by fraud-batch only,
+# onnx and skl2onnx (35 MB) by training's ONNX export only (serving loads the graphs with onnxruntime).
+NOT_SERVED = frozenset({"pyarrow", "onnx", "skl2onnx"})
 # The image is squashed into one layer (buildah without --layers), so deleting here does shrink it.
 # Test suites and compiler inputs (Cython sources, C headers, stubs) are never used when serving.
 SLIM_COMMANDS = (

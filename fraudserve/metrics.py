@@ -14,13 +14,13 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 RUNNER_BATCH_ROWS = bentoml.metrics.Histogram(
     name="fraud_runner_batch_rows",
     documentation="Rows scored by one runner call (a batch merged from several requests when batched).",
-    labelnames=["model", "path"],
+    labelnames=["model", "path", "runtime"],
     buckets=_ROW_BUCKETS,
 )
 RUNNER_LATENCY = bentoml.metrics.Histogram(
     name="fraud_model_latency_seconds",
     documentation="Time a runner spends in its model for one call.",
-    labelnames=["model", "path"],
+    labelnames=["model", "path", "runtime"],
     buckets=_LATENCY_BUCKETS,
 )
 REQUEST_ROWS = bentoml.metrics.Histogram(

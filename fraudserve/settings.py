@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -75,7 +76,18 @@ class Settings(BaseSettings):
     runner_threads: int = Field(
         1,
         ge=1,
-        description="BLAS/OpenMP threads per runner process (several runners share the cores).",
+        description=(
+            "BLAS/OpenMP threads, and onnxruntime intra-op threads, per runner process (several runners share the"
+            " cores)."
+        ),
+    )
+    member_runtime: Literal["onnx", "sklearn"] = Field(
+        "onnx",
+        description=(
+            "Runtime of the member models in the runners and the in-process scorer (batch, stream): `onnx` (the"
+            " graph stored with each member at training, parity-checked) or `sklearn`. A member without a usable"
+            " ONNX graph is served with scikit-learn, logged once at WARNING with the reason."
+        ),
     )
     ready_probe_timeout_s: float = Field(5.0, gt=0, description="Deadline of the /readyz probe.")
     grpc_port: int = Field(8001, ge=0, le=65535, description="Port of the OIP gRPC server.")
@@ -140,11 +152,6 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         30.0, gt=0, description="Deadline of one request in the API worker; later ones are answered 504."
     )
-    # edge export (fraud-edge, runners/onnx.py)
-    edge_bundle_dir: Path | None = Field(
-        None, description="Edge bundle (`fraud-edge export`) served by the ONNX runners in runners/onnx.py."
-    )
-
     # staged rollout: traffic policies, shadow, response cache (fraudserve/rollout, issue 8)
     policy_file: Path | None = Field(
         None, description="Traffic policy (JSON or YAML, fields of fraudserve.rollout.policy.Policy) applied at start."

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import sys
 import time
 from dataclasses import dataclass
@@ -31,9 +32,11 @@ from fraudserve.features import encode_frame
 from fraudserve.schema import Feature, FeatureSchema
 from models import store
 from models.members import LINKS, SCORE
+from models.onnx_export import export_member
 from models.transactions import TRANSACTION_SCHEMA, generate_transactions
 
 MAX_CATEGORIES = 64
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class TrainResult:
     version: str
     metrics: dict[str, dict[str, float]]
     threshold: float
+    onnx: dict[str, str]  # member -> "max abs diff <d>" of its stored ONNX graph, or why it has none
 
 
 def infer_schema(frame: pd.DataFrame, label: str) -> FeatureSchema:
@@ -157,8 +161,18 @@ def train(
         "version": version,
         "seed": seed,
     }
+    onnx_status: dict[str, str] = {}
     for kind, est in members.items():
-        store.save_member(prefix, kind, version, est, {**common, "metrics": metrics[kind], "link": LINKS[kind]})
+        onnx = export_member(kind, est, LINKS[kind], schema)
+        if onnx.ok and onnx.parity is not None:
+            onnx_status[kind] = f"max abs diff {onnx.parity.max_abs_diff[kind]:.2g} on {onnx.parity.rows} rows"
+        else:
+            onnx_status[kind] = f"none: {onnx.reason}"
+            log.warning(
+                "%s_%s:%s saved without ONNX (served with scikit-learn): %s", prefix, kind, version, onnx.reason
+            )
+        meta = {**common, "metrics": metrics[kind], "link": LINKS[kind]}
+        store.save_member(prefix, kind, version, est, meta, onnx=onnx)
     combiner = {
         "members": list(members),
         "weights": weights,
@@ -167,7 +181,7 @@ def train(
         "threshold": threshold,
     }
     store.save_ensemble(prefix, version, combiner, {**common, "metrics": metrics})
-    return TrainResult(version=version, metrics=metrics, threshold=threshold)
+    return TrainResult(version=version, metrics=metrics, threshold=threshold, onnx=onnx_status)
 
 
 def _linked(kind: str, scores: np.ndarray) -> np.ndarray:
@@ -198,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", help="version string (default: timestamp + data hash)")
     parser.add_argument("--if-missing", action="store_true", help="do nothing if an ensemble is stored")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     if args.if_missing:
         try:
@@ -221,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         f"(threshold {result.threshold:.3f})"
     )
     for kind, m in result.metrics.items():
-        print(f"  {kind:9s} ROC-AUC {m['roc_auc']:.4f}  PR-AUC {m['pr_auc']:.4f}")
+        onnx = f"  ONNX {result.onnx[kind]}" if kind in result.onnx else ""
+        print(f"  {kind:9s} ROC-AUC {m['roc_auc']:.4f}  PR-AUC {m['pr_auc']:.4f}{onnx}")
     return 0
 
 

@@ -1,6 +1,8 @@
-"""Builds a runner service for one member model.
+"""Builds the runner service of one member model: the one runner builder, for either runtime.
 
-Each runner loads its model from the store by tag in ``__init__`` and exposes two APIs:
+Each runner loads its model from the store by tag in ``__init__`` in the runtime that
+``fraudserve.runtime`` chooses (FRAUD_MEMBER_RUNTIME: the member's stored ONNX graph by default,
+scikit-learn as setting or fallback; per version, as each version is loaded) and exposes two APIs:
 ``score`` is batchable (BentoML's adaptive micro-batching, sized from settings) and
 ``score_bulk`` is not, so that a large request is never shed by the ``max_latency_ms``
 deadline of the batcher (DESIGN.md: the deadline kills big requests part-way).
@@ -20,7 +22,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import bentoml
@@ -30,18 +31,24 @@ from threadpoolctl import threadpool_limits
 from fraudserve.errors import InvalidInput, ModelStoreError
 from fraudserve.metrics import RUNNER_BATCH_ROWS, RUNNER_LATENCY
 from fraudserve.rollout.versions import version_code
+from fraudserve.runtime import MemberModel, Runtime
+from fraudserve.runtime import load as load_member
 from fraudserve.settings import get_settings
 from models import store
 
-Scorer = Callable[[Any, np.ndarray], np.ndarray]
 log = logging.getLogger(__name__)
 
 
-def build_runner(kind: str, scorer: Scorer) -> Any:
+def build_runner(kind: str, runtime: Runtime | None = None) -> Any:
+    """The runner of member ``kind``; ``runtime`` overrides FRAUD_MEMBER_RUNTIME (benchmarks build both)."""
     settings = get_settings()
+    preferred: Runtime = runtime or settings.member_runtime
     version = store.resolve_version(settings.model_prefix, settings.model_version)
     name = store.model_name(settings.model_prefix, kind)
     tag = f"{name}:{version}"
+
+    def _member(model: bentoml.Model) -> MemberModel:
+        return load_member(model, preferred, threads=settings.runner_threads)
 
     def _score(self: Any, features: np.ndarray, path: str) -> np.ndarray:
         started = time.perf_counter()
@@ -50,14 +57,19 @@ def build_runner(kind: str, scorer: Scorer) -> Any:
             raise InvalidInput(f"expected [version code, features...] rows, got shape {features.shape}")
         codes, matrix = features[:, 0], features[:, 1:]
         result = np.full(len(features), np.nan, dtype=np.float64)
+        runtimes: set[str] = set()
         for code in np.unique(codes):
             rows = codes == code
             try:
-                result[rows] = scorer(self.model_for(float(code)), matrix[rows])
+                member = self.model_for(float(code))
+                result[rows] = member.score(matrix[rows])
+                runtimes.add(member.runtime)
             except Exception:  # one version's failure must not fail the other versions' rows of the batch
                 log.exception("%s: scoring version code %.0f failed; its rows get NaN", name, code)
-        RUNNER_LATENCY.labels(model=kind, path=path).observe(time.perf_counter() - started)
-        RUNNER_BATCH_ROWS.labels(model=kind, path=path).observe(len(features))
+        # A batch mixing versions served by different runtimes is labelled "onnx+sklearn".
+        label = "+".join(sorted(runtimes)) or "none"
+        RUNNER_LATENCY.labels(model=kind, path=path, runtime=label).observe(time.perf_counter() - started)
+        RUNNER_BATCH_ROWS.labels(model=kind, path=path, runtime=label).observe(len(features))
         return result
 
     class Runner:
@@ -65,12 +77,13 @@ def build_runner(kind: str, scorer: Scorer) -> Any:
 
         def __init__(self) -> None:
             threadpool_limits(limits=settings.runner_threads)
-            self.model = store.load_member(self.model_ref)
+            self.model = _member(self.model_ref)
             self.tag = tag
-            self.models: dict[float, Any] = {version_code(version): self.model}
+            self.runtime = self.model.runtime
+            self.models: dict[float, MemberModel] = {version_code(version): self.model}
             self._loading = threading.Lock()
 
-        def model_for(self, code: float) -> Any:
+        def model_for(self, code: float) -> MemberModel:
             model = self.models.get(code)
             if model is not None:
                 return model
@@ -79,11 +92,11 @@ def build_runner(kind: str, scorer: Scorer) -> Any:
                     self.models[code] = self._load(code)
                 return self.models[code]
 
-        def _load(self, code: float) -> Any:
+        def _load(self, code: float) -> MemberModel:
             # Listed on each miss, so a version trained after start-up is found too.
             for model in bentoml.models.list(name):
                 if version_code(str(model.tag.version)) == code:
-                    return store.load_member(model)
+                    return _member(model)
             raise ModelStoreError(f"no {name} model in the store has version code {code:.0f}")
 
         @bentoml.api(

@@ -1,6 +1,5 @@
 """Isolation forest fitted on legitimate traffic: an anomaly score, higher is stranger."""
 
-from models.members import SCORE
 from runners.factory import build_runner
 
-IforestRunner = build_runner("iforest", SCORE["iforest"])
+IforestRunner = build_runner("iforest")

@@ -23,49 +23,30 @@ import platform
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import onnx
 
 from fraudserve.edge import scorer as edge_scorer
 from fraudserve.edge.convert import convert_member
+from fraudserve.edge.parity import (
+    PARITY_ROWS,
+    TOLERANCE,
+    VARIANTS,
+    Parity,
+    Variant,
+    measure,
+    parity_rows,
+    reference_scores,
+)
 from fraudserve.ensemble import EnsembleSpec
 from fraudserve.errors import ExportError
-from fraudserve.schema import FeatureSchema
 
-Variant = Literal["full", "compact"]
-VARIANTS: tuple[Variant, ...] = ("full", "compact")
-# Largest allowed |exported - scikit-learn| of any member score or ensemble probability on the
-# parity rows. Measured: full ~1e-12 (ensemble; members ~1e-15); compact: see the notes/README.
-TOLERANCE: dict[Variant, float] = {"full": 1e-9, "compact": 1e-5}
-PARITY_ROWS = 4_000
 SCORER_FILE = "edge_scorer.py"
 _TOOLS = ("numpy", "scikit-learn", "skl2onnx", "onnx", "onnxruntime", "fraud-bundle")
-
-
-@dataclass(frozen=True)
-class Parity:
-    rows: int
-    max_abs_diff: dict[str, float]
-    decisions_changed: int
-    tolerance: float
-
-    @property
-    def ok(self) -> bool:
-        return max(self.max_abs_diff.values()) <= self.tolerance
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "rows": self.rows,
-            "max_abs_diff": self.max_abs_diff,
-            "decisions_changed": self.decisions_changed,
-            "tolerance": self.tolerance,
-            "ok": self.ok,
-        }
 
 
 def member_dtype(variant: Variant, estimator: Any) -> Any:
@@ -74,50 +55,19 @@ def member_dtype(variant: Variant, estimator: Any) -> Any:
     return np.float32 if variant == "compact" and isinstance(estimator, IsolationForest) else np.float64
 
 
-def parity_rows(schema: FeatureSchema, n: int, seed: int = 2024) -> np.ndarray:
-    """Encoded rows for parity checks: realistic transactions where the schema is ours, plus rows
-    spread over the whole valid range of each feature (logarithmically for wide ranges)."""
-    from models.transactions import TRANSACTION_SCHEMA, generate_transactions
-
-    rng = np.random.default_rng(seed)
-    blocks = []
-    n_spread = n
-    if schema == TRANSACTION_SCHEMA:
-        from fraudserve.features import encode_frame
-
-        blocks.append(encode_frame(schema, generate_transactions(n - n // 4, seed=seed)).matrix)
-        n_spread = n // 4
-    spread = np.empty((n_spread, len(schema.features)), dtype=np.float64)
-    for c, f in enumerate(schema.features):
-        if f.kind == "category":
-            spread[:, c] = rng.integers(0, len(f.categories or ()), n_spread)
-        elif f.kind == "bool":
-            spread[:, c] = rng.integers(0, 2, n_spread)
-        else:
-            lo = f.minimum if f.minimum is not None else -1e3
-            hi = f.maximum if f.maximum is not None else 1e3
-            values = lo + np.expm1(rng.uniform(0, np.log1p(hi - lo), n_spread))
-            spread[:, c] = np.clip(np.floor(values) if f.kind == "int" else np.round(values, 2), lo, hi)
-    blocks.append(spread)
-    return np.vstack(blocks)
-
-
-def reference_scores(spec: EnsembleSpec, estimators: dict[str, Any], matrix: np.ndarray) -> dict[str, np.ndarray]:
-    from models.members import SCORE
-
-    return {m: np.asarray(SCORE[m](estimators[m], matrix), dtype=np.float64) for m in spec.members}
-
-
 def compare(
     spec: EnsembleSpec, estimators: dict[str, Any], bundle: edge_scorer.EdgeBundle, matrix: np.ndarray, tol: float
 ) -> Parity:
-    expected = reference_scores(spec, estimators, matrix)
+    expected = reference_scores({m: estimators[m] for m in spec.members}, matrix)
     got = bundle.score(matrix)
-    diffs = {m: float(np.max(np.abs(got.member_scores[m] - expected[m]))) for m in spec.members}
     probabilities = spec.combine(expected)
-    diffs["ensemble"] = float(np.max(np.abs(got.probabilities - probabilities)))
     changed = int(np.sum(got.decisions != (probabilities >= spec.threshold)))
-    return Parity(rows=len(matrix), max_abs_diff=diffs, decisions_changed=changed, tolerance=tol)
+    return measure(
+        {**expected, "ensemble": probabilities},
+        {**got.member_scores, "ensemble": got.probabilities},
+        tol,
+        decisions_changed=changed,
+    )
 
 
 def export_bundle(
@@ -181,7 +131,7 @@ def export_bundle(
             TOLERANCE[variant],
         )
         if not parity.ok:
-            worst = max(parity.max_abs_diff, key=lambda k: parity.max_abs_diff[k])
+            worst = parity.worst()
             raise ExportError(
                 f"export of {spec.prefix} {spec.version} ({variant}) refused: {worst} differs from scikit-learn by "
                 f"{parity.max_abs_diff[worst]:.3g} > tolerance {parity.tolerance:g} on {parity.rows} rows"
