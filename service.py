@@ -10,6 +10,7 @@ by ``fraudserve.oip``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Coroutine
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import bentoml
 import numpy as np
 
-from fraudserve import rest_predict
+from fraudserve import rest_predict, runtime
 from fraudserve.batcher import RowBatcher
 from fraudserve.http_errors import error_response
 from fraudserve.image import IMAGE
@@ -46,8 +47,9 @@ SPEC = store.load_ensemble(settings.model_prefix, settings.model_version)
     traffic={"timeout": settings.runner_timeout_s},
     image=IMAGE,  # the OCI image: fraudserve/image.py, scripts/image.sh
 )
-@bentoml.asgi_app(rest_predict.app)  # serves POST /predict and /docs.json (see fraudserve/rest_predict.py)
+# Mounts are matched in the order they are added (bottom decorator first): /predict, the hot route, first.
 @bentoml.asgi_app(oip.rest_app)  # serves /v2/... (see fraudserve/oip/rest.py)
+@bentoml.asgi_app(rest_predict.app)  # serves POST /predict and /docs.json (see fraudserve/rest_predict.py)
 class FraudDetection:
     ensemble_ref = bentoml.models.BentoModel(SPEC.tag("ensemble"))
     hgb = bentoml.depends(HgbRunner)
@@ -77,6 +79,7 @@ class FraudDetection:
             threshold=settings.decision_threshold,
             rollout=Rollout.from_settings(SPEC, settings),
             batcher=batcher,
+            runtimes=functools.partial(runtime.describe_version, SPEC.prefix, preferred=settings.member_runtime),
         )
         rest_predict.attach(
             self.core,
@@ -91,6 +94,7 @@ class FraudDetection:
         return {
             "version": SPEC.version,
             "model_versions": self.core.model_versions,
+            "runtimes": self.core.runtimes(SPEC.version),
             "threshold": self.core.threshold,
             "metrics": SPEC.metrics,
             "schema": SPEC.schema.model_dump(mode="json", exclude_none=True),

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -51,6 +51,9 @@ class Prediction(BaseModel):
 class PredictResponse(BaseModel):
     predictions: list[Prediction]
     model_versions: dict[str, str] = Field(description="Model store tag of the ensemble and each member.")
+    runtimes: dict[str, str] = Field(
+        default_factory=dict, description="Runtime each member was scored with: onnx or sklearn."
+    )
     routing_note: str | None = Field(None, description="Why the request was routed as it was, when notable.")
     latency_ms: float
 
@@ -68,6 +71,7 @@ class ScoredBatch:
     latency_ms: float
     variant: str = "stable"
     routing_note: str | None = None
+    runtimes: Mapping[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``PredictResponse`` body as plain JSON values (no per-row pydantic objects on the hot path)."""
@@ -89,6 +93,7 @@ class ScoredBatch:
         return {
             "predictions": predictions,
             "model_versions": self.model_versions,
+            "runtimes": self.runtimes,
             "routing_note": self.routing_note,
             "latency_ms": latency,
         }
@@ -109,6 +114,7 @@ class InferenceCore:
         threshold: float | None = None,
         rollout: Rollout | None = None,
         batcher: RowBatcher | None = None,
+        runtimes: Callable[[str], Mapping[str, str]] | None = None,
     ) -> None:
         self.spec = spec
         self.scorer = scorer
@@ -121,8 +127,19 @@ class InferenceCore:
         self.rollout = rollout or Rollout(spec)
         # Requests of up to ``bulk_rows_threshold`` rows share runner calls through it (fraudserve/batcher.py).
         self.batcher = batcher
+        # version -> {member: runtime}, asked once per version (fraudserve/runtime.py decides, runners follow it).
+        self._describe_runtimes = runtimes
+        self._runtimes: dict[str, Mapping[str, str]] = {}
         if batcher is not None and batcher.max_batch_rows < bulk_rows_threshold:
             raise ValueError("the entry batch must hold the largest batched request (bulk_rows_threshold rows)")
+
+    def runtimes(self, version: str) -> Mapping[str, str]:
+        """The runtime each member of ``version`` is scored with (empty when the scorer does not say)."""
+        found = self._runtimes.get(version)
+        if found is None:
+            found = {} if self._describe_runtimes is None else dict(self._describe_runtimes(version))
+            self._runtimes[version] = found
+        return found
 
     def threshold_for(self, spec: EnsembleSpec) -> float:
         return spec.threshold if self.threshold_override is None else self.threshold_override
@@ -211,6 +228,7 @@ class InferenceCore:
             latency_ms=round(latency_s * 1000.0, 3),
             variant=route.variant,
             routing_note=route.note,
+            runtimes=self.runtimes(spec.version),
         )
 
     async def _member_scores(self, spec: EnsembleSpec, features: np.ndarray, *, cached: bool) -> dict[str, np.ndarray]:

@@ -6,6 +6,7 @@ fraudserve/runtime.py) as the served bundle; only the hop to the runner services
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -103,4 +104,5 @@ def local_core(settings: Settings | None = None, version: str | None = None) -> 
         max_rows=settings.max_rows_per_request,
         bulk_rows_threshold=settings.bulk_rows_threshold,
         threshold=settings.decision_threshold,
+        runtimes=functools.partial(runtime.describe_version, spec.prefix, preferred=settings.member_runtime),
     )

@@ -37,6 +37,7 @@ def test_one_transaction_and_a_list(server: BundleServer) -> None:
     assert set(p["scores"]) == {"hgb", "logreg", "iforest"}
     assert p["model_version"] == "vtest1"
     assert body["model_versions"]["ensemble"] == "fraud_ensemble:vtest1"
+    assert body["runtimes"] == {"hgb": "onnx", "logreg": "onnx", "iforest": "onnx"}
     assert p["latency_ms"] > 0
 
     many = post(server, {"transactions": sample}).json()
@@ -105,6 +106,7 @@ def test_health_model_and_docs(server: BundleServer) -> None:
     assert httpx.get(server.url + "/readyz", timeout=10).status_code == 200
     info = httpx.post(server.url + "/model", timeout=10).json()
     assert info["version"] == "vtest1"
+    assert info["runtimes"] == {"hgb": "onnx", "logreg": "onnx", "iforest": "onnx"}
     assert info["metrics"]["ensemble"]["roc_auc"] > 0.9
     spec = httpx.get(server.url + "/docs.json", timeout=10).json()
     assert "/predict" in spec["paths"]
