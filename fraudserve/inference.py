@@ -22,6 +22,7 @@ from fraudserve.errors import InvalidInput, NotFound, PayloadTooLarge
 from fraudserve.metrics import PREDICTIONS, REQUEST_ROWS
 from fraudserve.rollout.engine import Rollout
 from fraudserve.rollout.policy import Route
+from fraudserve.scoring import combine_scores, threshold_for
 
 # Readiness probes (REST /readyz, OIP ready) score one row: never from the cache, always on the
 # primary version, and left out of the per-variant metrics.
@@ -142,7 +143,7 @@ class InferenceCore:
         return found
 
     def threshold_for(self, spec: EnsembleSpec) -> float:
-        return spec.threshold if self.threshold_override is None else self.threshold_override
+        return threshold_for(spec, self.threshold_override)
 
     @property
     def schema(self) -> Any:
@@ -203,9 +204,8 @@ class InferenceCore:
         route = Route("probe", self.rollout.router.primary_version) if probe else self.rollout.route(routing_key)
         spec = self.rollout.spec(route.version)
         member_scores = await self._member_scores(spec, features, cached=not probe)
-        probabilities = spec.combine(member_scores)
-        threshold = self.threshold_for(spec)
-        decisions = probabilities >= threshold
+        scores = combine_scores(spec, member_scores, threshold_override=self.threshold_override)
+        probabilities, decisions = scores.probabilities, scores.decisions
         REQUEST_ROWS.labels(transport=transport).observe(len(features))
         flagged = int(decisions.sum())
         if flagged:
@@ -221,8 +221,8 @@ class InferenceCore:
         return ScoredBatch(
             probabilities=probabilities,
             decisions=decisions,
-            member_scores=member_scores,
-            threshold=threshold,
+            member_scores=scores.member_scores,
+            threshold=scores.threshold,
             version=spec.version,
             model_versions=self.model_versions if spec is self.spec else spec.tags(),
             latency_ms=round(latency_s * 1000.0, 3),
@@ -277,5 +277,6 @@ class InferenceCore:
 
     async def _shadow_scores(self, version: str, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         spec = self.rollout.spec(version)
-        probabilities = spec.combine(await self._score_members(spec, features))
-        return probabilities, probabilities >= self.threshold_for(spec)
+        member_scores = await self._score_members(spec, features)
+        scores = combine_scores(spec, member_scores, threshold_override=self.threshold_override)
+        return scores.probabilities, scores.decisions

@@ -1,8 +1,8 @@
 """One chunk in, scored rows and rejected rows out: the same steps as the online inference core.
 
-encode_frame validates and encodes (bad rows get a reason and keep their input row number),
-the members score the valid rows, ``spec.combine`` stacks them and the threshold decides,
-exactly as ``InferenceCore.score`` does for a request.
+encode_frame validates and encodes (bad rows get a reason and keep their input row number), and the
+valid rows go through the one scoring function (``fraudserve.scoring.score_rows``) that the online
+inference core uses too.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from fraudserve.ensemble import EnsembleSpec
 from fraudserve.features import EncodedFrame, encode_frame
 from fraudserve.local import LocalScorer
 from fraudserve.schema import FeatureSchema
+from fraudserve.scoring import score_rows, threshold_for
 
 from .source import Chunk
 from .stats import ChunkStats
@@ -115,24 +116,20 @@ class LocalChunkScorer:
         self.spec = spec
         self.scorer = scorer
         self.layout = layout
-        self.threshold = spec.threshold if threshold is None else threshold
+        self.threshold_override = threshold
+        self.threshold = threshold_for(spec, threshold)
         self.model_versions = spec.tags()
 
     def __call__(self, chunk: Chunk) -> ScoredChunk:
         encoded = encode_chunk(self.spec.schema, chunk)
-        if len(encoded.matrix):
-            member_scores = self.scorer.score_all(self.spec, encoded.matrix)
-            probabilities = self.spec.combine(member_scores)
-        else:
-            member_scores = {m: np.empty(0) for m in self.spec.members}
-            probabilities = np.empty(0)
-        decisions = probabilities >= self.threshold
+        matrix = encoded.matrix
+        scores = score_rows(self.spec, self.scorer.score_all, matrix, threshold_override=self.threshold_override)
         return ScoredChunk(
             chunk_id=chunk.id,
             scored=self.layout.scored_table(
-                chunk, encoded.valid, probabilities, decisions, member_scores, self.spec.version
+                chunk, encoded.valid, scores.probabilities, scores.decisions, scores.member_scores, self.spec.version
             ),
             rejected=self.layout.rejected_table(chunk, encoded.reasons),
-            stats=ChunkStats.of(probabilities, decisions, encoded.reasons, chunk.table.num_rows),
+            stats=ChunkStats.of(scores.probabilities, scores.decisions, encoded.reasons, chunk.table.num_rows),
             model_versions=self.model_versions,
         )

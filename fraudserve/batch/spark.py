@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from fraudserve.errors import InvalidInput
+from fraudserve.scoring import threshold_for
 from fraudserve.settings import get_settings
 from models import store
 
@@ -48,7 +49,7 @@ def run_spark(args: argparse.Namespace) -> dict[str, Any]:
     settings = get_settings()
     started = time.perf_counter()
     spec = store.load_ensemble(settings.model_prefix, args.model_version)
-    threshold = spec.threshold if settings.decision_threshold is None else settings.decision_threshold
+    threshold = threshold_for(spec, settings.decision_threshold)
     layout = OutputLayout(spec.schema, spec.members, args.id_column)
     source = InputFiles(args.input, spec.schema.names, args.id_column)
     output = Path(args.output)

@@ -17,6 +17,7 @@ import pandas as pd
 from fraudserve.ensemble import EnsembleSpec
 from fraudserve.features import encode_frame
 from fraudserve.local import LocalScorer, load_local
+from fraudserve.scoring import score_rows
 from fraudserve.settings import get_settings
 
 from .stats import reason_fields
@@ -75,12 +76,14 @@ def score_frame(
     encoded = encode_frame(spec.schema, frame)
     n = len(frame)
     probabilities = np.full(n, np.nan)
+    decisions = np.zeros(n, dtype=bool)
     member_scores = {m: np.full(n, np.nan) for m in spec.members}
-    if len(encoded.matrix):
-        scores = scorer.score_all(spec, encoded.matrix)
-        probabilities[encoded.valid] = spec.combine(scores)
-        for m in spec.members:
-            member_scores[m][encoded.valid] = scores[m]
+    # The threshold was resolved once by the driver (threshold_for) and is passed as the override.
+    scores = score_rows(spec, scorer.score_all, encoded.matrix, threshold_override=job.threshold)
+    probabilities[encoded.valid] = scores.probabilities
+    decisions[encoded.valid] = scores.decisions
+    for m in spec.members:
+        member_scores[m][encoded.valid] = scores.member_scores[m]
     reasons = pd.Series([None] * n, dtype=object)
     fields = pd.Series([None] * n, dtype=object)
     for position, reason in encoded.reasons.items():
@@ -90,7 +93,7 @@ def score_frame(
     if job.id_column:
         out[job.id_column] = frame[job.id_column].to_numpy()
     out["fraud_probability"] = probabilities
-    out["is_fraud"] = probabilities >= job.threshold
+    out["is_fraud"] = decisions
     for m in spec.members:
         out[f"score_{m}"] = member_scores[m]
     out["model_version"] = spec.version

@@ -44,6 +44,7 @@ from fraudserve.edge.parity import (
 )
 from fraudserve.ensemble import EnsembleSpec
 from fraudserve.errors import ExportError
+from fraudserve.scoring import combine_scores
 
 SCORER_FILE = "edge_scorer.py"
 _TOOLS = ("numpy", "scikit-learn", "skl2onnx", "onnx", "onnxruntime", "fraud-bundle")
@@ -60,10 +61,10 @@ def compare(
 ) -> Parity:
     expected = reference_scores({m: estimators[m] for m in spec.members}, matrix)
     got = bundle.score(matrix)
-    probabilities = spec.combine(expected)
-    changed = int(np.sum(got.decisions != (probabilities >= spec.threshold)))
+    reference = combine_scores(spec, expected)
+    changed = int(np.sum(got.decisions != reference.decisions))
     return measure(
-        {**expected, "ensemble": probabilities},
+        {**expected, "ensemble": reference.probabilities},
         {**got.member_scores, "ensemble": got.probabilities},
         tol,
         decisions_changed=changed,
