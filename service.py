@@ -7,7 +7,6 @@ It only wires: every API below is a thin call into ``fraudserve.inference.Infere
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Coroutine
 from typing import Annotated, Any
@@ -16,6 +15,7 @@ import bentoml
 import numpy as np
 from pydantic import BeforeValidator, Field
 
+from fraudserve import readiness
 from fraudserve.http_errors import error_response
 from fraudserve.image import IMAGE
 from fraudserve.inference import InferenceCore, PredictResponse
@@ -133,14 +133,9 @@ class FraudDetection:
         await self.oip.stop()
 
     async def __is_ready__(self) -> bool:
-        """Ready only when every runner answers a real scoring call in time."""
-        try:
-            async with asyncio.timeout(settings.ready_probe_timeout_s):
-                await self.core.score(self._probe, transport="probe")
-            return True
-        except Exception as exc:  # noqa: BLE001 - any failure means not ready
-            log.warning("readiness probe failed: %r", exc)
-            return False
+        """Ready only when every runner answers a real scoring call in time (one probe per worker and second)."""
+        probe = readiness.probe_for(self.core, timeout_s=settings.ready_probe_timeout_s, cache_s=settings.ready_cache_s)
+        return await probe.ready()
 
 
 async def _admin(ctx: bentoml.Context, action: Coroutine[Any, Any, dict[str, Any]]) -> Any:
