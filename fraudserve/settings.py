@@ -59,7 +59,11 @@ class Settings(BaseSettings):
         ge=1,
         description="BLAS/OpenMP threads per runner process (several runners share the cores).",
     )
-    ready_probe_timeout_s: float = Field(5.0, gt=0, description="Deadline of the /readyz probe.")
+    ready_probe_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="Deadline of the readiness probe of each runner (/readyz, OIP readiness, grpc.health.v1).",
+    )
     ready_cache_s: float = Field(
         1.0,
         ge=0,
