@@ -133,7 +133,7 @@ class FraudDetection:
         await self.oip.stop()
 
     async def __is_ready__(self) -> bool:
-        """Ready only when every runner answers a real scoring call in time (one probe per worker and second)."""
+        """Ready only when every runner answers a real scoring call in time (one probe per worker, shared briefly)."""
         probe = readiness.probe_for(self.core, timeout_s=settings.ready_probe_timeout_s, cache_s=settings.ready_cache_s)
         return await probe.ready()
 

@@ -174,9 +174,7 @@ def check_inputs(inputs: Sequence[Input], *, max_rows: int) -> None:
     for tensor in inputs:
         dims = check_header(tensor) if isinstance(tensor, WireTensor) else tuple(tensor.shape)
         if dims and dims[0] > max_rows:
-            raise PayloadTooLarge(
-                f"input {tensor.name!r}: {dims[0]} rows exceed the limit of {max_rows} per request", field=tensor.name
-            )
+            raise PayloadTooLarge(f"{dims[0]} rows exceed the limit of {max_rows} per request", field=tensor.name)
 
 
 def payload_bytes(inputs: Sequence[Input]) -> int:
