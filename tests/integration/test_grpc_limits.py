@@ -121,7 +121,8 @@ def test_a_client_that_never_reads_cannot_grow_server_memory(limited: BundleServ
     print(f"\nwritten {written} of {attempts}; server read {served}; RSS +{rss_growth / 2**20:.1f} MiB")
     assert written < attempts, "the server kept reading a stream nobody reads the answers of"
     assert served <= written
-    assert served < 500, served
+    # Past the bound, only HTTP/2 flow-control windows (a few MiB each way) hold messages.
+    assert served * len(request) < 16 * 2**20, served
     assert rss_growth < 32 * 2**20, rss_growth
 
 
