@@ -9,16 +9,14 @@ by ``fraudserve.oip``.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import Coroutine
 from typing import Any
 
 import bentoml
-import numpy as np
 
-from fraudserve import rest_predict, runtime
+from fraudserve import readiness, rest_predict, runtime
 from fraudserve.batcher import RowBatcher
 from fraudserve.http_errors import error_response
 from fraudserve.image import IMAGE
@@ -86,7 +84,6 @@ class FraudDetection:
             max_key_chars=settings.routing_key_max_chars,
             base_openapi=lambda: FraudDetection.openapi_spec.asdict(),
         )
-        self._probe = np.asarray(SPEC.schema.encode_records([SPEC.schema.example_row()]))
 
     @bentoml.api(route="/model")
     def model(self) -> dict[str, Any]:
@@ -131,14 +128,9 @@ class FraudDetection:
         await self.oip.stop()
 
     async def __is_ready__(self) -> bool:
-        """Ready only when every runner answers a real scoring call in time."""
-        try:
-            async with asyncio.timeout(settings.ready_probe_timeout_s):
-                await self.core.score(self._probe, transport="probe")
-            return True
-        except Exception as exc:  # noqa: BLE001 - any failure means not ready
-            log.warning("readiness probe failed: %r", exc)
-            return False
+        """Ready only when every runner answers a real scoring call in time (one probe per worker, shared briefly)."""
+        probe = readiness.probe_for(self.core, timeout_s=settings.ready_probe_timeout_s, cache_s=settings.ready_cache_s)
+        return await probe.ready()
 
 
 async def _admin(ctx: bentoml.Context, action: Coroutine[Any, Any, dict[str, Any]]) -> Any:

@@ -89,13 +89,33 @@ class Settings(BaseSettings):
             " ONNX graph is served with scikit-learn, logged once at WARNING with the reason."
         ),
     )
-    ready_probe_timeout_s: float = Field(5.0, gt=0, description="Deadline of the /readyz probe.")
+    ready_probe_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="Deadline of the readiness probe of each runner (/readyz, OIP readiness, grpc.health.v1).",
+    )
+    ready_cache_s: float = Field(
+        1.0,
+        ge=0,
+        description=(
+            "How long a worker reuses one readiness probe (a scoring call on every runner) for all readiness"
+            " endpoints; concurrent probes share one call."
+        ),
+    )
     grpc_port: int = Field(8001, ge=0, le=65535, description="Port of the OIP gRPC server.")
     grpc_enabled: bool = Field(True, description="Start the OIP gRPC server in each API worker.")
     # Open Inference Protocol gRPC server (fraudserve/oip)
     grpc_host: str = Field("0.0.0.0", description="Address the OIP gRPC server binds.")
     grpc_max_message_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="Largest gRPC message the OIP server sends or receives."
+    )
+    grpc_stream_max_inflight: int = Field(
+        64,
+        ge=1,
+        description=(
+            "Messages of one ModelStreamInfer stream read but not yet answered; past it the server stops reading"
+            " the stream (backpressure)."
+        ),
     )
     grpc_shutdown_grace_s: float = Field(5.0, ge=0, description="Time in-flight gRPC calls get to finish on shutdown.")
     data_dir: Path = Field(Path("data"), description="Where generated data sets are written.")

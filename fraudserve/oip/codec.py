@@ -1,8 +1,11 @@
 """Open Inference Protocol tensors <-> the encoded feature matrix and the scored outputs.
 
-Transport-free: the REST app and the gRPC servicer turn their wire formats into ``Tensor``
-values (typed numpy arrays) and back; everything between is here. Errors are
-``InvalidInput`` naming the offending input or output.
+Transport-free: the REST app and the gRPC servicer hand over ``WireTensor`` values (a declared
+header plus undecoded content), get typed ``Tensor`` values back out of ``decode``, and turn
+outputs back into their wire formats; everything between is here. ``check_inputs`` checks what a
+header alone can tell (datatype, dimensions, element count against the payload size, the row cap)
+so that an oversized or inconsistent request is refused before any content is decoded. Errors are
+``InvalidInput`` (``PayloadTooLarge`` past the row cap) naming the offending input or output.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from fraudserve.errors import InvalidInput
+from fraudserve.errors import InvalidInput, PayloadTooLarge
 from fraudserve.schema import Feature, FeatureSchema
 
 DTYPES: dict[str, np.dtype[Any]] = {
@@ -63,6 +66,27 @@ class Tensor:
 
 
 @dataclass(frozen=True)
+class WireTensor:
+    """A tensor as it arrived, not decoded yet: its header and either ``raw`` bytes or element ``values``."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    raw: bytes | None = None
+    values: Any = None  # JSON ``data`` (flat or nested) or typed gRPC ``contents``
+
+    @property
+    def payload_bytes(self) -> int:
+        """About how much content decoding has to go through (8 bytes per value element)."""
+        if self.raw is not None:
+            return len(self.raw)
+        return 8 * _top_level_len(self.values)
+
+
+Input = Tensor | WireTensor
+
+
+@dataclass(frozen=True)
 class TensorSpec:
     """Name, datatype and shape (-1: any size) of a model input or output, as model metadata shows it."""
 
@@ -81,23 +105,101 @@ def _dtype(name: str, datatype: str) -> np.dtype[Any]:
 _MAX_DIM = 2**31 - 1
 
 
-def _check_shape(name: str, shape: Sequence[int], size: int) -> tuple[int, ...]:
+def _check_dims(name: str, shape: Sequence[int]) -> tuple[int, ...]:
     dims = tuple(int(d) for d in shape)
     if any(d < 0 for d in dims):
         raise InvalidInput(f"input {name!r}: shape {list(dims)} has a negative dimension", field=name)
     # numpy cannot even describe an array past 2**31 elements per dimension here, empty or not.
     if any(d > _MAX_DIM for d in dims):
         raise InvalidInput(f"input {name!r}: shape {list(dims)} has a dimension above {_MAX_DIM}", field=name)
-    expected = math.prod(dims)
-    if expected != size:
-        raise InvalidInput(f"input {name!r}: shape {list(dims)} holds {expected} elements, data has {size}", field=name)
     return dims
+
+
+def _count_mismatch(name: str, dims: tuple[int, ...], size: int) -> InvalidInput:
+    expected = math.prod(dims)
+    return InvalidInput(f"input {name!r}: shape {list(dims)} holds {expected} elements, data has {size}", field=name)
+
+
+def _check_shape(name: str, shape: Sequence[int], size: int) -> tuple[int, ...]:
+    dims = _check_dims(name, shape)
+    if math.prod(dims) != size:
+        raise _count_mismatch(name, dims, size)
+    return dims
+
+
+def _top_level_len(values: Any) -> int:
+    if values is None or isinstance(values, str | bytes):
+        return 1
+    try:
+        return len(values)
+    except TypeError:
+        return 1
+
+
+def _is_flat(values: Any) -> bool:
+    if isinstance(values, np.ndarray):
+        return values.ndim == 1
+    if isinstance(values, list | tuple):
+        return not values or not isinstance(values[0], list | tuple | np.ndarray)
+    return hasattr(values, "__len__") and not isinstance(values, str | bytes | dict)
+
+
+def check_header(tensor: WireTensor) -> tuple[int, ...]:
+    """Datatype, dimensions and element count against the payload size, without decoding the content."""
+    name, datatype = tensor.name, tensor.datatype
+    dtype = _dtype(name, datatype)
+    dims = _check_dims(name, tensor.shape)
+    expected = math.prod(dims)
+    raw = tensor.raw
+    if raw is not None:
+        if datatype == "BYTES":
+            # Every element carries a 4-byte length, so the payload bounds the element count.
+            if expected * _LENGTH.size > len(raw):
+                raise InvalidInput(
+                    f"input {name!r}: shape {list(dims)} holds {expected} elements,"
+                    f" more than {len(raw)} bytes of BYTES data can",
+                    field=name,
+                )
+        elif len(raw) % dtype.itemsize:
+            raise InvalidInput(f"input {name!r}: {len(raw)} bytes is not a whole number of {datatype}", field=name)
+        elif len(raw) // dtype.itemsize != expected:
+            raise _count_mismatch(name, dims, len(raw) // dtype.itemsize)
+    elif _is_flat(tensor.values) and len(tensor.values) != expected:
+        raise _count_mismatch(name, dims, len(tensor.values))
+    return dims
+
+
+def check_inputs(inputs: Sequence[Input], *, max_rows: int) -> None:
+    """Every header check and the row cap, before any content is decoded (``PayloadTooLarge`` past the cap)."""
+    for tensor in inputs:
+        dims = check_header(tensor) if isinstance(tensor, WireTensor) else tuple(tensor.shape)
+        if dims and dims[0] > max_rows:
+            raise PayloadTooLarge(f"{dims[0]} rows exceed the limit of {max_rows} per request", field=tensor.name)
+
+
+def payload_bytes(inputs: Sequence[Input]) -> int:
+    return sum(t.payload_bytes for t in inputs if isinstance(t, WireTensor))
+
+
+def decode(tensor: Input) -> Tensor:
+    """The typed tensor of a ``WireTensor`` (a ``Tensor`` is returned as it is)."""
+    if isinstance(tensor, Tensor):
+        return tensor
+    if tensor.raw is not None:
+        return tensor_from_raw(tensor.name, tensor.datatype, tensor.shape, tensor.raw)
+    return tensor_from_values(tensor.name, tensor.datatype, tensor.shape, tensor.values)
+
+
+def decode_matrix(schema: FeatureSchema, inputs: Sequence[Input]) -> tuple[np.ndarray, str]:
+    """``features_matrix`` of the decoded inputs; call ``check_inputs`` first."""
+    return features_matrix(schema, [decode(t) for t in inputs])
 
 
 def tensor_from_values(name: str, datatype: str, shape: Sequence[int], values: Any) -> Tensor:
     """A tensor from element values: JSON ``data`` (flat or nested) or typed gRPC ``contents``."""
     dtype = _dtype(name, datatype)
     if datatype == "BYTES":
+        check_header(WireTensor(name, datatype, tuple(shape), values=values))
         flat = _flatten(values)
         if not all(isinstance(v, str | bytes) for v in flat):
             raise InvalidInput(f"input {name!r}: BYTES elements must be strings", field=name)
@@ -143,21 +245,21 @@ def _flatten(values: Any) -> list[Any]:
 def tensor_from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> Tensor:
     """A tensor from the binary tensor data extension: little-endian, row-major; BYTES length-prefixed."""
     dtype = _dtype(name, datatype)
+    dims = check_header(WireTensor(name, datatype, tuple(shape), raw=raw))
     if datatype == "BYTES":
-        items = _split_bytes(name, raw)
+        items = _split_bytes(name, raw, math.prod(dims))
         array = np.empty(len(items), dtype=object)
         array[:] = items
     else:
-        if len(raw) % dtype.itemsize:
-            raise InvalidInput(f"input {name!r}: {len(raw)} bytes is not a whole number of {datatype}", field=name)
         array = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype)
     return Tensor(name, datatype, array.reshape(_check_shape(name, shape, array.size)))
 
 
-def _split_bytes(name: str, raw: bytes) -> list[bytes]:
+def _split_bytes(name: str, raw: bytes, expected: int) -> list[bytes]:
     items: list[bytes] = []
     offset = 0
-    while offset < len(raw):
+    # Past ``expected`` elements the request is wrong whatever follows: stop splitting there.
+    while offset < len(raw) and len(items) <= expected:
         if offset + _LENGTH.size > len(raw):
             raise InvalidInput(f"input {name!r}: truncated BYTES element length", field=name)
         (length,) = _LENGTH.unpack_from(raw, offset)

@@ -1,7 +1,8 @@
 """The Open Inference Protocol data plane shared by the REST app and the gRPC servicer.
 
-Transport-free: requests and responses are plain dataclasses of ``Tensor`` values; scoring
-goes through the worker's ``InferenceCore`` (so through the runners and their batching).
+Transport-free: requests are plain dataclasses of undecoded ``WireTensor`` values, responses of
+``Tensor`` values; scoring goes through the worker's ``InferenceCore`` (so through the runners and
+their batching). Readiness comes from the worker's shared probe (``fraudserve.readiness``).
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ from importlib import metadata
 import numpy as np
 
 from fraudserve.inference import InferenceCore
-from fraudserve.oip.codec import Tensor, features_matrix, select_outputs
+from fraudserve.oip.codec import Input, Tensor, check_inputs, decode_matrix, payload_bytes, select_outputs
 from fraudserve.oip.repository import DECISION, PROBABILITY, ModelEntry, ModelRepository, score_output
+from fraudserve.readiness import probe_for
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "fraud_detection"
 EXTENSIONS = ("binary_tensor_data", "model_repository")
+# Requests with more content than this are decoded in a worker thread, off the event loop.
+OFFLOAD_BYTES = 256 * 1024
 
 
 def _server_version() -> str:
@@ -34,7 +38,7 @@ def _server_version() -> str:
 @dataclass(frozen=True)
 class InferRequest:
     model_name: str
-    inputs: Sequence[Tensor]
+    inputs: Sequence[Input]  # transports pass WireTensor: decoded only after the header checks
     model_version: str = ""
     id: str = ""
     outputs: Sequence[str] = field(default_factory=tuple)  # empty: every output
@@ -55,35 +59,49 @@ class ServerMetadata:
     extensions: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class ModelState:
+    entry: ModelEntry
+    ready: bool
+
+    @property
+    def state(self) -> str:
+        return "READY" if self.ready else "UNAVAILABLE"
+
+
 class DataPlane:
-    def __init__(self, core: InferenceCore, *, ready_timeout_s: float) -> None:
+    def __init__(
+        self,
+        core: InferenceCore,
+        *,
+        ready_timeout_s: float,
+        ready_cache_s: float = 1.0,
+        offload_bytes: int = OFFLOAD_BYTES,
+    ) -> None:
         self.core = core
         self.repository = ModelRepository(core.spec)
-        self.ready_timeout_s = ready_timeout_s
         self.metadata = ServerMetadata(SERVER_NAME, _server_version(), EXTENSIONS)
-        self._probe = np.asarray(core.schema.encode_records([core.schema.example_row()]))
+        # Shared with service.py's __is_ready__: one probe round per worker however it is asked.
+        self.readiness = probe_for(core, timeout_s=ready_timeout_s, cache_s=ready_cache_s)
+        self.offload_bytes = offload_bytes
 
     def live(self) -> bool:
         return True
 
     async def ready(self) -> bool:
-        """Ready when the ensemble scores a probe row in time (every runner answers)."""
-        return await self._probe_model(None)
+        """Ready when every runner scored a probe row in time (recently: see fraudserve.readiness)."""
+        return await self.readiness.ready()
 
     async def model_ready(self, name: str, version: str = "") -> bool:
-        return await self._probe_model(self.repository.resolve(name, version).member)
+        return await self.readiness.ready(self.repository.resolve(name, version).member)
 
-    async def _probe_model(self, member: str | None) -> bool:
-        try:
-            async with asyncio.timeout(self.ready_timeout_s):
-                if member is None:
-                    await self.core.score(self._probe, transport="probe")
-                else:
-                    await self.core.score_member(member, self._probe, transport="probe")
-            return True
-        except Exception as exc:  # noqa: BLE001 - any failure means not ready
-            log.warning("OIP readiness probe of %s failed: %r", member or "ensemble", exc)
-            return False
+    async def model_states(self) -> list[ModelState]:
+        """Every model with its state from the (shared) readiness probe."""
+        states = await self.readiness.states()
+        return [
+            ModelState(e, all(states.values()) if e.member is None else states[e.member])
+            for e in self.repository.models.values()
+        ]
 
     def model_metadata(self, name: str, version: str = "") -> ModelEntry:
         return self.repository.resolve(name, version)
@@ -94,7 +112,7 @@ class DataPlane:
     async def infer(self, request: InferRequest, *, transport: str) -> InferResponse:
         entry = self.repository.resolve(request.model_name, request.model_version)
         select_outputs({o.name: o for o in entry.outputs}, request.outputs, model_name=entry.name)
-        matrix, prefix = features_matrix(self.core.schema, request.inputs)
+        matrix, prefix = await self._matrix(request.inputs)
         columns: dict[str, Tensor]
         if entry.member is None:
             scored = await self.core.score(matrix, transport=transport, field=prefix)
@@ -111,3 +129,11 @@ class DataPlane:
             columns = {score_output(entry.member): Tensor(score_output(entry.member), "FP64", scores)}
         outputs = select_outputs(columns, request.outputs, model_name=entry.name)
         return InferResponse(entry.name, entry.version, request.id, outputs)
+
+    async def _matrix(self, inputs: Sequence[Input]) -> tuple[np.ndarray, str]:
+        # Headers and the row cap first: an oversized request is refused before any content is decoded.
+        check_inputs(inputs, max_rows=self.core.max_rows)
+        if payload_bytes(inputs) > self.offload_bytes:
+            # Decoding megabytes of BYTES in Python would stall every other request of this worker.
+            return await asyncio.to_thread(decode_matrix, self.core.schema, inputs)
+        return decode_matrix(self.core.schema, inputs)

@@ -3,7 +3,7 @@
 Started inside each API worker, on the worker's own event loop, so it calls the same
 ``InferenceCore`` (and runners, and batching) as REST. ``grpc.so_reuseport`` lets every
 worker bind the same port; the kernel spreads connections between them. The standard
-health service and server reflection are served beside it.
+health service (following the worker's readiness probe) and server reflection are served beside it.
 
 Only this module imports the generated ``inference`` stubs: tritonclient ships its own copy
 of the same proto package, and both in one process is a duplicate-symbol error.
@@ -24,21 +24,23 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from fraudserve.errors import InvalidInput
-from fraudserve.oip.codec import Tensor, raw_bytes, tensor_from_raw, tensor_from_values
+from fraudserve.oip.codec import WireTensor, raw_bytes
 from fraudserve.oip.dataplane import DataPlane, InferRequest, InferResponse
 from fraudserve.oip.errors import grpc_error
 from fraudserve.oip.metrics import observe
 from fraudserve.oip.proto import grpc_service_pb2 as pb
 from fraudserve.oip.proto import grpc_service_pb2_grpc as pb_grpc
 from fraudserve.oip.repository import ModelEntry
+from fraudserve.readiness import ReadinessProbe
+from fraudserve.security.grpc_auth import check_message
 
 log = logging.getLogger(__name__)
 
 TRANSPORT = "oip_grpc"
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-# Stream requests of one client scored at once: enough to fill the runners' batches, bounded
-# so a fast producer cannot queue unbounded work in the server.
-STREAM_IN_FLIGHT = 64
+# Messages of one stream read but not yet answered: enough to fill the runners' batches, bounded
+# so a fast producer (or a client that never reads) cannot queue unbounded work in the server.
+STREAM_MAX_INFLIGHT = 64
 
 # The typed `contents` field that carries each datatype (FP16 travels only as raw bytes).
 CONTENTS_FIELD = {
@@ -87,8 +89,9 @@ def _observed(method: str) -> Callable[[Handler[Request, Reply]], Handler[Reques
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: DataPlane, *, stream_max_inflight: int = STREAM_MAX_INFLIGHT) -> None:
         self.plane = plane
+        self.stream_max_inflight = stream_max_inflight
 
     @_observed("ServerLive")
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
@@ -115,7 +118,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
         index = pb.RepositoryIndexResponse.ModelIndex
         return pb.RepositoryIndexResponse(
-            models=[index(name=e.name, version=e.version, state="READY") for e in self.plane.index()]
+            models=[
+                index(name=m.entry.name, version=m.entry.version, state=m.state)
+                for m in await self.plane.model_states()
+            ]
         )
 
     @_observed("ModelInfer")
@@ -125,21 +131,30 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Requests of a stream are scored concurrently (so they batch); answers come as they finish."""
-        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
-        slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+        """Requests of a stream are scored concurrently (so they batch); answers come as they finish.
+
+        A slot is taken before a message is read and given back once its answer is written, so
+        at most ``stream_max_inflight`` messages are read but unanswered. When they are, the
+        server stops reading: a client that sends but does not read is held back by flow control.
+        """
+        limit = self.stream_max_inflight
+        slots = asyncio.Semaphore(limit)
+        # Never full: each pending answer holds a slot, and the end marker comes after the last.
+        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue(maxsize=limit + 1)
         tasks: set[asyncio.Task[None]] = set()
 
         async def answer(request: pb.ModelInferRequest) -> None:
-            try:
-                answers.put_nowait(await self._stream_one(request))
-            finally:
-                slots.release()
+            answers.put_nowait(await self._stream_one(request))
 
         async def read() -> None:
             try:
-                async for request in request_iterator:
+                while True:
                     await slots.acquire()
+                    try:
+                        request = await anext(request_iterator)
+                    except StopAsyncIteration:
+                        slots.release()
+                        break
                     task = asyncio.create_task(answer(request))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
@@ -152,6 +167,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             while (reply := await answers.get()) is not None:
                 yield reply
+                slots.release()
             await reader  # surfaces a failure of the request stream itself
         finally:
             for task in (reader, *tasks):
@@ -163,9 +179,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
+            check_message()  # every message spends a token, like a unary call
             response = await self.plane.infer(_infer_request(request), transport=TRANSPORT)
             return pb.ModelStreamInferResponse(infer_response=_infer_response(response))
-        except Exception as exc:  # noqa: BLE001 - one failed request does not end the stream
+        except Exception as exc:  # noqa: BLE001 - one failed request (rate limit included) does not end the stream
             code, details = grpc_error(exc, transport=TRANSPORT)
             echo = pb.ModelInferResponse(
                 model_name=request.model_name, model_version=request.model_version, id=request.id
@@ -185,7 +202,8 @@ def _infer_request(request: pb.ModelInferRequest) -> InferRequest:
     )
 
 
-def _inputs(request: pb.ModelInferRequest) -> list[Tensor]:
+def _inputs(request: pb.ModelInferRequest) -> list[WireTensor]:
+    """The inputs undecoded: the data plane checks their headers and the row cap first."""
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput(
@@ -193,15 +211,16 @@ def _inputs(request: pb.ModelInferRequest) -> list[Tensor]:
         )
     tensors = []
     for i, item in enumerate(request.inputs):
+        shape = tuple(item.shape)
         if raw:
-            tensors.append(tensor_from_raw(item.name, item.datatype, item.shape, raw[i]))
+            tensors.append(WireTensor(item.name, item.datatype, shape, raw=raw[i]))
             continue
         contents_field = CONTENTS_FIELD.get(item.datatype)
         if contents_field is None:
             raise InvalidInput(
                 f"input {item.name!r}: datatype {item.datatype!r} needs raw_input_contents", field=item.name
             )
-        tensors.append(tensor_from_values(item.name, item.datatype, item.shape, getattr(item.contents, contents_field)))
+        tensors.append(WireTensor(item.name, item.datatype, shape, values=getattr(item.contents, contents_field)))
     return tensors
 
 
@@ -232,10 +251,48 @@ def _metadata(entry: ModelEntry) -> pb.ModelMetadataResponse:
     )
 
 
+class ReadinessHealth(health.aio.HealthServicer):  # type: ignore[misc]
+    """``grpc.health.v1`` that follows the readiness probe: SERVING only while every runner answers.
+
+    Each Check asks the probe (cached and single-flight, so Check cannot drive runner load);
+    every probe round, whoever asked for it, updates the status that Watch streams.
+    """
+
+    def __init__(self, probe: ReadinessProbe, services: Sequence[str]) -> None:
+        super().__init__()
+        self.probe = probe
+        self.services = tuple(services)
+        self._first: asyncio.Task[None] | None = None
+        probe.on_result(self.follow)
+
+    async def start(self) -> None:
+        """NOT_SERVING until a probe says otherwise; the first probe runs in the background."""
+        for service in self.services:
+            await self.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+        async def first() -> None:
+            await self.follow(await self.probe.states())
+
+        self._first = asyncio.create_task(first())
+
+    async def follow(self, states: Any) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if all(states.values())
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in self.services:
+            await self.set(service, status)
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> health_pb2.HealthCheckResponse:
+        await self.probe.states()
+        return await super().Check(request, context)
+
+
 class GrpcServer:
     """A running OIP gRPC server with its health service; ``stop`` drains it."""
 
-    def __init__(self, server: grpc.aio.Server, health_servicer: Any, port: int) -> None:
+    def __init__(self, server: grpc.aio.Server, health_servicer: ReadinessHealth, port: int) -> None:
         self.server = server
         self.health = health_servicer
         self.port = port
@@ -253,6 +310,7 @@ async def start(
     max_message_bytes: int,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     max_concurrent_rpcs: int | None = None,
+    stream_max_inflight: int = STREAM_MAX_INFLIGHT,
 ) -> GrpcServer:
     server = grpc.aio.server(
         interceptors=list(interceptors),
@@ -264,11 +322,11 @@ async def start(
             ("grpc.max_send_message_length", max_message_bytes),
         ],
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
-    health_servicer = health.aio.HealthServicer()
+    servicer = InferenceServicer(plane, stream_max_inflight=stream_max_inflight)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    health_servicer = ReadinessHealth(plane.readiness, ("", SERVICE_NAME))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for service in ("", SERVICE_NAME):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.start()
     services = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(services, server)
     bound = server.add_insecure_port(f"{host}:{port}")

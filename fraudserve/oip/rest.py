@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from fraudserve.errors import InvalidInput, Unavailable
-from fraudserve.oip.codec import Tensor, json_values, raw_bytes, tensor_from_raw, tensor_from_values
+from fraudserve.oip.codec import WireTensor, json_values, raw_bytes
 from fraudserve.oip.dataplane import DataPlane, InferRequest, InferResponse
 from fraudserve.oip.errors import http_error
 from fraudserve.oip.repository import ModelEntry
@@ -111,8 +111,8 @@ async def model_metadata(request: Request) -> Response:
 
 @_endpoint
 async def repository_index(request: Request) -> Response:
-    plane = _plane(request)
-    return JSONResponse([{"name": e.name, "version": e.version, "state": "READY"} for e in plane.index()])
+    states = await _plane(request).model_states()
+    return JSONResponse([{"name": m.entry.name, "version": m.entry.version, "state": m.state} for m in states])
 
 
 @_endpoint
@@ -172,7 +172,8 @@ def _split_body(request: Request, body: bytes) -> tuple[bytes, bytes]:
     return body[:n], body[n:]
 
 
-def _inputs(inputs: list[_InputJSON], binary: bytes) -> list[Tensor]:
+def _inputs(inputs: list[_InputJSON], binary: bytes) -> list[WireTensor]:
+    """The inputs undecoded: the data plane checks their headers and the row cap first."""
     tensors = []
     offset = 0
     for item in inputs:
@@ -182,12 +183,13 @@ def _inputs(inputs: list[_InputJSON], binary: bytes) -> list[Tensor]:
                 raise InvalidInput(
                     f"input {item.name!r}: {BINARY_SIZE} {size!r} does not fit the binary data", field=item.name
                 )
-            tensors.append(tensor_from_raw(item.name, item.datatype, item.shape, binary[offset : offset + size]))
+            raw = binary[offset : offset + size]
+            tensors.append(WireTensor(item.name, item.datatype, tuple(item.shape), raw=raw))
             offset += size
         elif item.data is None:
             raise InvalidInput(f"input {item.name!r} has neither data nor {BINARY_SIZE}", field=item.name)
         else:
-            tensors.append(tensor_from_values(item.name, item.datatype, item.shape, item.data))
+            tensors.append(WireTensor(item.name, item.datatype, tuple(item.shape), values=item.data))
     if offset != len(binary):
         raise InvalidInput(f"{len(binary) - offset} bytes of binary data belong to no input", field="inputs")
     return tensors

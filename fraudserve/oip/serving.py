@@ -27,7 +27,7 @@ class OipTransports:
 
 async def start(core: InferenceCore, settings: Settings) -> OipTransports:
     """Attach the REST app to this worker's core and, when enabled, start the gRPC server."""
-    plane = DataPlane(core, ready_timeout_s=settings.ready_probe_timeout_s)
+    plane = DataPlane(core, ready_timeout_s=settings.ready_probe_timeout_s, ready_cache_s=settings.ready_cache_s)
     rest.attach(plane)
     server = None
     if settings.grpc_enabled:
@@ -39,5 +39,6 @@ async def start(core: InferenceCore, settings: Settings) -> OipTransports:
             # The same key store and per-client budget as the REST middleware of this worker.
             interceptors=[GuardInterceptor(get_guards())],
             max_concurrent_rpcs=settings.max_inflight_requests,
+            stream_max_inflight=settings.grpc_stream_max_inflight,
         )
     return OipTransports(plane, server, settings.grpc_shutdown_grace_s)

@@ -6,11 +6,16 @@ A key travels as ``authorization: Bearer <key>`` metadata (tritonclient: ``heade
 Unknown or missing keys end the call UNAUTHENTICATED, a key without the right
 PERMISSION_DENIED, an empty bucket RESOURCE_EXHAUSTED (with ``retry-after`` trailing metadata).
 Health, reflection and the OIP liveness/readiness RPCs stay open like their REST twins.
+
+A request stream costs a token to open and then one per message: the handler calls
+``check_message()`` for each message it reads (it answers a refused one in its own way, e.g. an
+error response in a stream that goes on), so a stream gets no more than as many unary calls.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 import grpc
@@ -19,7 +24,7 @@ from fraudserve.errors import FraudServeError, RateLimited
 from fraudserve.security import Guards
 from fraudserve.security.asgi import retry_after_header
 from fraudserve.security.auth import Access, Principal
-from fraudserve.security.ratelimit import client_id
+from fraudserve.security.ratelimit import TokenBucketLimiter, client_id
 
 OPEN_METHODS = frozenset(
     {
@@ -31,6 +36,21 @@ OPEN_METHODS = frozenset(
         "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
     }
 )
+
+
+# The limiter and client of the request-streaming call running in this task (and its children).
+_STREAM_BUDGET: ContextVar[tuple[TokenBucketLimiter, str] | None] = ContextVar("grpc_stream_budget", default=None)
+
+
+def check_message() -> None:
+    """Spend one token for one message of the current request stream; ``RateLimited`` when none is left.
+
+    A no-op outside a rate-limited request-streaming call.
+    """
+    budget = _STREAM_BUDGET.get()
+    if budget is not None:
+        limiter, client = budget
+        limiter.check(client)
 
 
 def peer_address(peer: str) -> str:
@@ -93,8 +113,11 @@ def _limited(handler: grpc.RpcMethodHandler, guards: Guards, principal: Principa
     behavior = _behavior(handler)
 
     def check(context: grpc.aio.ServicerContext) -> RateLimited | None:
+        client = client_id(principal, peer_address(context.peer()))
+        if handler.request_streaming:
+            _STREAM_BUDGET.set((limiter, client))
         try:
-            limiter.check(client_id(principal, peer_address(context.peer())))
+            limiter.check(client)
         except RateLimited as exc:
             return exc
         return None

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from fraudserve.errors import InvalidInput, NotFound
+from fraudserve.errors import InvalidInput, NotFound, PayloadTooLarge
 from fraudserve.inference import InferenceCore
 from fraudserve.local import load_local
+from fraudserve.oip import codec, dataplane
 from fraudserve.oip.codec import (
     Tensor,
+    WireTensor,
+    check_inputs,
     features_matrix,
     json_values,
     raw_bytes,
@@ -21,7 +25,7 @@ from fraudserve.oip.codec import (
     tensor_from_raw,
     tensor_from_values,
 )
-from fraudserve.oip.dataplane import DataPlane, InferRequest
+from fraudserve.oip.dataplane import DataPlane, InferRequest, InferResponse
 from fraudserve.settings import Settings
 from models.transactions import TRANSACTION_SCHEMA, generate_transactions
 
@@ -211,3 +215,123 @@ def test_metadata_and_readiness(plane: DataPlane) -> None:
     assert plane.model_metadata("fraud_iforest").outputs[0].name == "iforest_score"
     assert asyncio.run(plane.ready())
     assert asyncio.run(plane.model_ready("fraud_hgb", plane.core.spec.version))
+
+
+def wire(df: pd.DataFrame, *, rows: int | None = None) -> list[WireTensor]:
+    """``per_feature`` as a transport hands it over: raw bytes, undecoded (``rows`` overrides the shape)."""
+    return [
+        WireTensor(t.name, t.datatype, (rows if rows is not None else len(df),), raw=raw_bytes(t))
+        for t in per_feature(df)
+    ]
+
+
+def forbid_decoding(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every decoder of tensor content fails the test; returns the names it was called for."""
+    called: list[str] = []
+
+    def fail(name: str, *args: Any, **kwargs: Any) -> Any:
+        called.append(name)
+        raise AssertionError(f"decoded {name!r}")
+
+    for decoder in ("_split_bytes", "tensor_from_raw", "tensor_from_values", "_flatten"):
+        monkeypatch.setattr(codec, decoder, fail)
+    return called
+
+
+def test_row_cap_is_checked_before_any_content_is_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    df = frame(101)
+    inputs = wire(df)
+    called = forbid_decoding(monkeypatch)
+    with pytest.raises(PayloadTooLarge, match="101 rows exceed the limit of 100") as info:
+        check_inputs(inputs, max_rows=100)
+    assert info.value.field == "amount"
+    # JSON / typed-contents values too, and a lying shape over a small payload.
+    values = [WireTensor("merchant_category", "BYTES", (10**6,), values=["grocery"] * 10**6)]
+    with pytest.raises(PayloadTooLarge):
+        check_inputs(values, max_rows=100)
+    assert called == []
+
+
+def test_header_checks_need_no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    called = forbid_decoding(monkeypatch)
+    cases = [
+        (WireTensor("c", "BYTES", (3,), raw=b"\x00" * 11), "more than 11 bytes of BYTES data"),
+        (WireTensor("x", "FP64", (3,), raw=b"\x00" * 16), "holds 3 elements, data has 2"),
+        (WireTensor("x", "FP64", (1,), raw=b"\x00" * 7), "whole number"),
+        (WireTensor("x", "INT64", (2,), values=[1, 2, 3]), "holds 2 elements, data has 3"),
+        (WireTensor("x", "INT64", (-1,), values=[]), "negative dimension"),
+        (WireTensor("x", "FLOAT", (1,), values=[1.0]), "unknown datatype"),
+    ]
+    for tensor, text in cases:
+        with pytest.raises(InvalidInput, match=text):
+            check_inputs([tensor], max_rows=100)
+    assert called == []
+
+
+def test_bytes_splitting_stops_past_the_declared_elements() -> None:
+    tensor = tensor_from_values("c", "BYTES", [4], ["a", "b", "c", "d"])
+    raw = raw_bytes(tensor) * 1000
+    with pytest.raises(InvalidInput, match="holds 2 elements, data has 3"):
+        tensor_from_raw("c", "BYTES", [2], raw)
+
+
+def test_an_oversized_request_is_refused_by_the_plane_without_decoding(
+    plane: DataPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inputs = wire(frame(101))
+    called = forbid_decoding(monkeypatch)
+    with pytest.raises(PayloadTooLarge):
+        asyncio.run(plane.infer(InferRequest("fraud_ensemble", inputs), transport="test"))
+    assert called == []
+
+
+def test_large_requests_are_decoded_off_the_event_loop(plane: DataPlane, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large decode runs in a worker thread; a small request is answered while it is held there."""
+    offloading = DataPlane(plane.core, ready_timeout_s=5, offload_bytes=4096)
+    large, small = wire(frame(100, seed=5)), wire(frame(1, seed=6))
+    assert codec.payload_bytes(large) > offloading.offload_bytes >= codec.payload_bytes(small)
+    decode = codec.decode_matrix
+    threads: dict[int, str] = {}
+    small_done = threading.Event()
+
+    def tracking(schema: Any, inputs: Any) -> Any:
+        threads[len(inputs[0].raw)] = threading.current_thread().name
+        if inputs is large:
+            assert small_done.wait(10), "the small request waited for the large decode"
+        return decode(schema, inputs)
+
+    monkeypatch.setattr(dataplane, "decode_matrix", tracking)
+
+    async def scenario() -> tuple[InferResponse, InferResponse]:
+        big = asyncio.create_task(offloading.infer(InferRequest("fraud_ensemble", large), transport="test"))
+        await asyncio.sleep(0)
+        little = await offloading.infer(InferRequest("fraud_ensemble", small), transport="test")
+        small_done.set()
+        return await big, little
+
+    big, little = asyncio.run(scenario())
+    assert big.outputs[0].shape == [100] and little.outputs[0].shape == [1]
+    assert threads[len(small[0].raw)] == "MainThread"
+    assert threads[len(large[0].raw)] != "MainThread"
+
+
+def test_concurrent_readiness_probes_share_one_scoring_call(trained: str) -> None:
+    spec, scorer = load_local(Settings(model_version=trained))
+    calls: list[str] = []
+
+    async def counting(member: str, features: np.ndarray, *, bulk: bool) -> np.ndarray:
+        calls.append(member)
+        await asyncio.sleep(0.01)
+        return await scorer(member, features, bulk=bulk)
+
+    probed = DataPlane(InferenceCore(spec, counting, max_rows=100, bulk_rows_threshold=10), ready_timeout_s=5)
+
+    async def scenario() -> list[bool]:
+        probes = [probed.ready() for _ in range(20)] + [probed.model_ready("fraud_hgb") for _ in range(20)]
+        return await asyncio.gather(*probes)
+
+    assert all(asyncio.run(scenario()))
+    assert sorted(calls) == sorted(spec.members)
+    states = asyncio.run(probed.model_states())
+    assert [(m.entry.name, m.state) for m in states] == [(e.name, "READY") for e in probed.index()]
+    assert sorted(calls) == sorted(spec.members)  # still within FRAUD_READY_CACHE_S

@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
+from fraudserve.errors import RateLimited
 from fraudserve.security import Guards
 from fraudserve.security.auth import KeyStore
-from fraudserve.security.grpc_auth import GuardInterceptor, peer_address
+from fraudserve.security.grpc_auth import GuardInterceptor, check_message, peer_address
 from fraudserve.security.ratelimit import TokenBucketLimiter
 
 pytestmark = pytest.mark.anyio
@@ -33,10 +34,25 @@ async def chat(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
         yield request.upper()
 
 
+async def metered(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    """Spends a token per message like the OIP stream, and answers a refused one without ending."""
+    async for request in requests:
+        try:
+            check_message()
+        except RateLimited:
+            yield b"RESOURCE_EXHAUSTED"
+            continue
+        yield request.upper()
+
+
 def handlers() -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(
         "test.Echo",
-        {"Say": grpc.unary_unary_rpc_method_handler(echo), "Chat": grpc.stream_stream_rpc_method_handler(chat)},
+        {
+            "Say": grpc.unary_unary_rpc_method_handler(echo),
+            "Chat": grpc.stream_stream_rpc_method_handler(chat),
+            "Metered": grpc.stream_stream_rpc_method_handler(metered),
+        },
     )
 
 
@@ -100,6 +116,32 @@ async def test_rate_limit_is_resource_exhausted_with_retry_after() -> None:
         stream = channel.stream_stream("/test.Echo/Chat")()
         assert await stream.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert await channel.unary_unary(OPEN)(b"live") == b"live"  # probes spend no tokens
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
+async def test_every_stream_message_spends_a_token_of_the_same_bucket() -> None:
+    server, channel = await serve(Guards(keys=KeyStore([KEY]), limiter=TokenBucketLimiter(0.01, 4)))
+    try:
+        metered_call = channel.stream_stream("/test.Echo/Metered")
+        # Opening costs one token, each message one: 3 of the 5 messages fit a burst of 4.
+        replies = [r async for r in metered_call(iter([b"a", b"b", b"c", b"d", b"e"]), metadata=auth(KEY))]
+        assert replies == [b"A", b"B", b"C", b"RESOURCE_EXHAUSTED", b"RESOURCE_EXHAUSTED"]
+        # The same client's unary calls share the now empty bucket.
+        say = channel.unary_unary("/test.Echo/Say")
+        assert await code_of(say(b"x", metadata=auth(KEY))) is grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
+async def test_check_message_is_a_no_op_without_a_limiter() -> None:
+    server, channel = await serve(Guards(keys=KeyStore(), limiter=None))
+    try:
+        replies = [r async for r in channel.stream_stream("/test.Echo/Metered")(iter([b"a"] * 100))]
+        assert replies == [b"A"] * 100
+        check_message()  # outside any call
     finally:
         await channel.close()
         await server.stop(0)
