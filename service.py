@@ -16,7 +16,7 @@ from typing import Any
 
 import bentoml
 
-from fraudserve import readiness, rest_predict, runtime
+from fraudserve import readiness, rest_predict, runtime, tracing
 from fraudserve.batcher import RowBatcher
 from fraudserve.http_errors import error_response
 from fraudserve.image import IMAGE
@@ -43,6 +43,7 @@ SPEC = store.load_ensemble(settings.model_prefix, settings.model_version)
     name="fraud_detection",
     workers=settings.api_workers,
     traffic={"timeout": settings.runner_timeout_s},
+    tracing=tracing.service_config(settings),
     image=IMAGE,  # the OCI image: fraudserve/image.py, scripts/image.sh
 )
 # Mounts are matched in the order they are added (bottom decorator first): /predict, the hot route, first.

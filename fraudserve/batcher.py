@@ -17,13 +17,16 @@ request gets its own slice; a request whose version could not be scored, NaN fro
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from opentelemetry.trace import SpanContext
 
+from fraudserve import tracing
 from fraudserve.errors import Unavailable
 from fraudserve.metrics import ENTRY_BATCH_REQUESTS, ENTRY_BATCH_ROWS, ENTRY_QUEUE_REJECTED
 from fraudserve.rollout.versions import version_code
@@ -41,6 +44,7 @@ class _Pending:
     version: str
     features: np.ndarray
     future: asyncio.Future[np.ndarray]
+    trace: SpanContext  # the caller's span: the batch span links to it
 
 
 class _Lane:
@@ -55,7 +59,7 @@ class _Lane:
 
     def submit(self, code: float, version: str, features: np.ndarray) -> asyncio.Future[np.ndarray]:
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self.queue.append(_Pending(code, version, features, future))
+        self.queue.append(_Pending(code, version, features, future, tracing.current_span_context()))
         self.queued_rows += len(features)
         self.dispatch()
         return future
@@ -66,7 +70,9 @@ class _Lane:
             if not batch:
                 continue
             self.inflight += 1
-            task = asyncio.get_running_loop().create_task(self._run(batch))
+            # A fresh context: the batch span names its parent itself (a finishing batch dispatches the next one,
+            # and must not become its parent).
+            task = asyncio.get_running_loop().create_task(self._run(batch), context=contextvars.Context())
             self.owner._tasks.add(task)
             task.add_done_callback(self.owner._tasks.discard)
 
@@ -87,7 +93,10 @@ class _Lane:
 
     async def _run(self, batch: list[_Pending]) -> None:
         try:
-            scores = await self.owner.call(self.member, _coded(batch))
+            coded = _coded(batch)
+            spans = [item.trace for item in batch]
+            with tracing.batch_span("entry_batch", spans, model=self.member, rows=len(coded), merged=len(batch)):
+                scores = await self.owner.call(self.member, coded)
             ENTRY_BATCH_ROWS.labels(model=self.member).observe(len(scores))
             ENTRY_BATCH_REQUESTS.labels(model=self.member).observe(len(batch))
             start = 0

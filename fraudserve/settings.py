@@ -190,6 +190,20 @@ class Settings(BaseSettings):
     cache_enabled: bool = Field(False, description="In-process LRU response cache keyed by model version + input row.")
     cache_max_entries: int = Field(100_000, ge=1, description="Rows the response cache holds per worker.")
     cache_ttl_s: float = Field(300.0, gt=0, description="Age after which a cached row is scored again.")
+    # traces (fraudserve/tracing.py)
+    otlp_endpoint: str | None = Field(
+        None,
+        description=(
+            "OTLP/gRPC collector (host:port, e.g. a Jaeger or OpenTelemetry Collector) that every service, fraud-batch"
+            " and fraud-stream export traces to; unset: no traces."
+        ),
+    )
+    trace_sample_rate: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of traces kept when FRAUD_OTLP_ENDPOINT is set (a caller's sampled flag wins).",
+    )
     routing_key_max_chars: int = Field(256, ge=1, description="Longest `routing_key` a /predict request may carry.")
 
     @model_validator(mode="after")

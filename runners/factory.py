@@ -28,6 +28,7 @@ import bentoml
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from fraudserve import tracing
 from fraudserve.errors import InvalidInput, ModelStoreError
 from fraudserve.metrics import RUNNER_BATCH_ROWS, RUNNER_LATENCY
 from fraudserve.rollout.versions import version_code
@@ -129,4 +130,5 @@ def runner_service(cls: type, name: str) -> Any:
         # BentoML 1.4.39 recycles the caller's connection every 100 requests and closes it
         # under in-flight requests ("Connector is closed" -> 500 under load): never recycle.
         runner_connection={"max_requests": 2**31 - 1, "max_age": 10.0 * 365 * 24 * 3600},
+        tracing=tracing.service_config(settings),
     )(cls)

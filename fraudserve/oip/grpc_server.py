@@ -23,6 +23,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from fraudserve import tracing
 from fraudserve.errors import InvalidInput
 from fraudserve.oip.codec import WireTensor, raw_bytes
 from fraudserve.oip.dataplane import DataPlane, InferRequest, InferResponse
@@ -126,7 +127,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_observed("ModelInfer")
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        return _infer_response(await self.plane.infer(_infer_request(request), transport=TRANSPORT))
+        with tracing.grpc_server_span("ModelInfer", _metadata_of(context)):
+            return _infer_response(await self.plane.infer(_infer_request(request), transport=TRANSPORT))
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
@@ -143,8 +145,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue(maxsize=limit + 1)
         tasks: set[asyncio.Task[None]] = set()
 
+        metadata = _metadata_of(context)
+
         async def answer(request: pb.ModelInferRequest) -> None:
-            answers.put_nowait(await self._stream_one(request))
+            with tracing.grpc_server_span("ModelStreamInfer", metadata):
+                answers.put_nowait(await self._stream_one(request))
 
         async def read() -> None:
             try:
@@ -190,6 +195,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return pb.ModelStreamInferResponse(error_message=f"{code.name}: {details}", infer_response=echo)
         finally:
             observe("ModelStreamInfer", code.name, time.perf_counter() - started)
+
+
+def _metadata_of(context: Any) -> dict[str, str]:
+    """The call's text metadata (``traceparent`` among it); binary ``-bin`` entries are not trace context."""
+    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
 
 
 def _infer_request(request: pb.ModelInferRequest) -> InferRequest:
