@@ -212,3 +212,9 @@ def _new_image(ref: str, image: dict[str, str]) -> str:
         return f"{name}:{image['newTag']}"
     rest = ref[len(_image_name(ref)) :]
     return name + rest
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(yaml.safe_dump_all(render(Path(sys.argv[1])), sort_keys=False), end="")
