@@ -41,7 +41,9 @@ with DAG(
     default_args={
         "retries": 2,
         "retry_delay": timedelta(minutes=10),
-        "retry_exponential_backoff": True,
+        # A multiplier in Airflow 3 (not a bool): 10 min, then 20 min.
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(hours=1),
         "execution_timeout": timedelta(hours=4),
     },
     params={
