@@ -4,7 +4,7 @@ BENTOML := .venv/bin/bentoml
 export PYTHONDONTWRITEBYTECODE := 1
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: venv venv-runtime models serve test test-slow lint format bench spark bench-batch edge bench-edge protos bench-oip redis redis-stop stream-worker bench-stream promote versions test-faults fuzz image image-run loadtest
+.PHONY: venv venv-runtime models serve test test-slow lint format bench spark bench-batch edge bench-edge protos bench-oip redis redis-stop stream-worker bench-stream promote versions test-faults fuzz image image-batch image-run airflow-venv loadtest
 
 venv:  ## everything for tests, load tests and benchmarks
 	@bash scripts/bootstrap.sh dev
@@ -80,6 +80,12 @@ fuzz: venv  ## longer schema-driven fuzz of REST (OpenAPI) and OIP gRPC tensors
 
 image: venv  ## OCI image without a Docker daemon (buildah): bento + cached Python 3.11 base + image; prints its size
 	bash scripts/image.sh build
+
+image-batch: venv  ## the batch image of the deploy/k8s CronJob: the serving image (built if missing) + pyarrow + fraud-batch
+	bash scripts/image.sh build-batch
+
+airflow-venv:  ## Airflow's own venv for deploy/airflow (build/airflow-venv, exact pins, cached by a stamp)
+	bash scripts/airflow-venv.sh
 
 image-run:  ## run the image with podman (REST :3000, gRPC :8001), wait for /readyz; Ctrl-C stops it cleanly
 	bash scripts/image.sh run

@@ -5,6 +5,7 @@
 #   scripts/image.sh start   run the image detached (podman, --network host), wait for /readyz
 #   scripts/image.sh stop    stop it cleanly (SIGTERM, then remove)
 #   scripts/image.sh run     start, follow its logs, stop cleanly on Ctrl-C
+#   scripts/image.sh build-batch   the batch image: the image above plus pyarrow and a `fraud-batch` command
 #   scripts/image.sh size    print the image size in MB
 #   scripts/image.sh env     print the CONTAINERS_* exports, to use podman/buildah by hand on the same storage
 #
@@ -13,6 +14,7 @@
 #
 # Knobs (environment):
 #   IMAGE_REF=localhost/fraud-detection:latest   image built / run
+#   BATCH_IMAGE_REF=localhost/fraud-detection-batch:latest   image of build-batch (deploy/k8s CronJob)
 #   IMAGE_MAX_MB=500                             `build` fails above this size
 #   IMAGE_CONTAINER=fraud-detection              container name of start/stop/run
 #   IMAGE_HOST=0.0.0.0  IMAGE_HTTP_PORT=3000  IMAGE_GRPC_PORT=8001   where the container listens
@@ -27,6 +29,7 @@ STATE="${IMAGE_STATE_DIR:-$ROOT/build/containers}"
 IMAGE_REF="${IMAGE_REF:-localhost/fraud-detection:latest}"
 BASE_IMAGE="$("$VENV/bin/python" -c 'from fraudserve.image import BASE_IMAGE; print(BASE_IMAGE)' 2>/dev/null ||
     echo localhost/fraud-python-base:3.11-bookworm-nopip)"
+BATCH_IMAGE_REF="${BATCH_IMAGE_REF:-localhost/fraud-detection-batch:latest}"
 IMAGE_MAX_MB="${IMAGE_MAX_MB:-500}"
 CONTAINER="${IMAGE_CONTAINER:-fraud-detection}"
 HOST="${IMAGE_HOST:-0.0.0.0}"
@@ -164,6 +167,31 @@ PY
     fi
 }
 
+# The serving image leaves out pyarrow (NOT_SERVED in fraudserve/image.py), which fraud-batch reads and writes
+# with, and has no console scripts (the bento holds the sources, not an installed project).
+cmd_build_batch() {
+    write_container_config
+    podman image exists "$IMAGE_REF" || cmd_build
+    [[ -x "$VENV/bin/uv" ]] || "$VENV/bin/pip" install --quiet "uv==$UV_VERSION"
+    local pin ctr mb
+    pin="$(grep -E '^pyarrow==' "$ROOT/requirements.txt")"
+    log "batch image $BATCH_IMAGE_REF: $IMAGE_REF + $pin"
+    ctr="$(buildah from "$IMAGE_REF")"
+    buildah run --user root --env "SSL_CERT_FILE=$CA_BUNDLE" \
+        --volume "$CA_BUNDLE:$CA_BUNDLE:ro" --volume "$VENV/bin/uv:/usr/local/bin/uv:ro" "$ctr" -- \
+        sh -c "uv pip install --quiet --python /app/.venv/bin/python '$pin' &&
+            find /app/.venv/lib -depth -type d -name tests -path '*pyarrow*' -exec rm -rf {} + &&
+            printf '%s\n' '#!/bin/sh' 'export PYTHONPATH=\"\$BENTO_PATH/src\${PYTHONPATH:+:\$PYTHONPATH}\"' \
+                'exec /app/.venv/bin/python -m fraudserve.batch.cli \"\$@\"' >/app/.venv/bin/fraud-batch &&
+            chmod 755 /app/.venv/bin/fraud-batch"
+    buildah config --label "org.opencontainers.image.title=fraud_detection_batch" "$ctr"
+    buildah commit --quiet --rm "$ctr" "$BATCH_IMAGE_REF" >/dev/null
+    podman run --rm --entrypoint /bin/sh "$BATCH_IMAGE_REF" -c 'fraud-batch --help >/dev/null'
+    mb="$(IMAGE_REF="$BATCH_IMAGE_REF" image_mb)"
+    log "built $BATCH_IMAGE_REF: $mb MB"
+    echo "image=$BATCH_IMAGE_REF size_mb=$mb"
+}
+
 wait_ready() {
     local url="http://127.0.0.1:$HTTP_PORT/readyz" deadline=$((SECONDS + READY_TIMEOUT_S))
     [[ "$HOST" == "0.0.0.0" || "$HOST" == "127.0.0.1" ]] || url="http://$HOST:$HTTP_PORT/readyz"
@@ -216,13 +244,14 @@ cmd_run() {
 
 case "${1:-}" in
 build) cmd_build ;;
+build-batch) cmd_build_batch ;;
 start) cmd_start ;;
 stop) cmd_stop ;;
 run) cmd_run ;;
 size) write_container_config && echo "$(image_mb) MB" ;;
 env) write_container_config && env | grep '^CONTAINERS_' | sed 's/^/export /' ;;
 *)
-    sed -n '2,21p' "$0" >&2
+    sed -n '2,23p' "$0" >&2
     exit 2
     ;;
 esac
