@@ -15,7 +15,7 @@
 # Knobs (environment):
 #   IMAGE_REF=localhost/fraud-detection:latest   image built / run
 #   BATCH_IMAGE_REF=localhost/fraud-detection-batch:latest   image of build-batch (deploy/k8s CronJob)
-#   IMAGE_MAX_MB=500                             `build` fails above this size
+#   IMAGE_MAX_MB=640                             `build` fails above this size
 #   IMAGE_CONTAINER=fraud-detection              container name of start/stop/run
 #   IMAGE_HOST=0.0.0.0  IMAGE_HTTP_PORT=3000  IMAGE_GRPC_PORT=8001   where the container listens
 #   IMAGE_NETWORK=host                           any other value publishes the two ports instead (-p)
@@ -30,7 +30,7 @@ IMAGE_REF="${IMAGE_REF:-localhost/fraud-detection:latest}"
 BASE_IMAGE="$("$VENV/bin/python" -c 'from fraudserve.image import BASE_IMAGE; print(BASE_IMAGE)' 2>/dev/null ||
     echo localhost/fraud-python-base:3.11-bookworm-nopip)"
 BATCH_IMAGE_REF="${BATCH_IMAGE_REF:-localhost/fraud-detection-batch:latest}"
-IMAGE_MAX_MB="${IMAGE_MAX_MB:-500}"
+IMAGE_MAX_MB="${IMAGE_MAX_MB:-640}"
 CONTAINER="${IMAGE_CONTAINER:-fraud-detection}"
 HOST="${IMAGE_HOST:-0.0.0.0}"
 HTTP_PORT="${IMAGE_HTTP_PORT:-3000}"
