@@ -128,6 +128,11 @@ class FraudDetection:
     async def stop_oip(self) -> None:
         await self.oip.stop()
 
+    async def __is_alive__(self) -> bool:
+        """Alive unless the runners have been unready for FRAUD_LIVENESS_GRACE_S (see fraudserve/readiness.py)."""
+        probe = readiness.probe_for(self.core, timeout_s=settings.ready_probe_timeout_s, cache_s=settings.ready_cache_s)
+        return await probe.alive(settings.liveness_grace_s)
+
     async def __is_ready__(self) -> bool:
         """Ready only when every runner answers a real scoring call in time (one probe per worker, shared briefly)."""
         probe = readiness.probe_for(self.core, timeout_s=settings.ready_probe_timeout_s, cache_s=settings.ready_cache_s)

@@ -46,6 +46,7 @@ class ReadinessProbe:
         self._at = 0.0
         self._inflight: asyncio.Task[dict[str, bool]] | None = None
         self._listeners: list[Listener] = []
+        self._ready_at = clock()  # last time every member was ready (start-up counts: runners are loading)
 
     def on_result(self, listener: Listener) -> None:
         """Call ``listener`` with the states after every probe round (e.g. to update grpc.health.v1)."""
@@ -65,11 +66,25 @@ class ReadinessProbe:
         states = await self.states()
         return all(states.values()) if member is None else states[member]
 
+    async def alive(self, grace_s: float) -> bool:
+        """False once the members have not all been ready for ``grace_s`` (0: always alive).
+
+        BentoML does not always bring a dead runner back (inside a container it stays dead), and an API
+        worker without its runners should then be restarted by the orchestrator's liveness probe rather
+        than stay up answering 503s. Overload alone rarely lasts ``grace_s``: readiness recovers first.
+        """
+        if grace_s <= 0:
+            return True
+        await self.states()
+        return self._clock() - self._ready_at < grace_s
+
     async def _round(self) -> dict[str, bool]:
         try:
             answers = await asyncio.gather(*(self._probe(m) for m in self.members))
             states = dict(zip(self.members, answers, strict=True))
             self._states, self._at = states, self._clock()
+            if all(answers):
+                self._ready_at = self._at
         finally:
             self._inflight = None
         for listener in self._listeners:

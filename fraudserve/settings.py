@@ -89,6 +89,14 @@ class Settings(BaseSettings):
             " ONNX graph is served with scikit-learn, logged once at WARNING with the reason."
         ),
     )
+    liveness_grace_s: float = Field(
+        120.0,
+        ge=0,
+        description=(
+            "/livez answers 503 once the runners have failed readiness this long, so an orchestrator restarts"
+            " the service; 0: /livez never fails."
+        ),
+    )
     ready_probe_timeout_s: float = Field(
         5.0,
         gt=0,

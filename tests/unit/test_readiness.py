@@ -97,3 +97,24 @@ def test_listeners_see_every_round_and_cannot_break_it() -> None:
         assert seen == [dict.fromkeys(MEMBERS, True), {"hgb": True, "logreg": False, "iforest": True}]
 
     asyncio.run(scenario())
+
+
+def test_liveness_fails_only_after_the_runners_stayed_unready_for_the_grace() -> None:
+    async def scenario() -> None:
+        scorer, clock = FakeScorer(), Clock()
+        scorer.release.set()
+        probe = ReadinessProbe(MEMBERS, scorer, timeout_s=5, cache_s=1.0, clock=clock)
+        assert await probe.alive(60)
+        scorer.down = {"hgb"}
+        clock.now += 2
+        assert not await probe.ready() and await probe.alive(60)  # unready, but not for long
+        clock.now += 59
+        assert await probe.alive(60)
+        clock.now += 2
+        assert not await probe.alive(60)
+        assert await probe.alive(0)  # 0 turns the check off
+        scorer.down = set()
+        clock.now += 2
+        assert await probe.alive(60)  # one ready round and it is alive again
+
+    asyncio.run(scenario())
