@@ -98,12 +98,14 @@ class Page:
             reply = asyncio.run(
                 self._call("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
             )
+            # A protocol error here means no page context yet (or it went away with the first navigation).
+            if "error" in reply and time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
             result = reply.get("result", {})
-            if "exceptionDetails" not in result and "error" not in reply:
-                return result["result"].get("value")
-            if time.monotonic() > deadline:
+            if "error" in reply or "exceptionDetails" in result:
                 raise AssertionError(f"evaluate failed: {reply}")
-            time.sleep(0.1)
+            return result["result"].get("value")
 
     def done(self) -> dict[str, Any]:
         value: dict[str, Any] = self.evaluate(_DONE)
@@ -290,14 +292,10 @@ def test_page_scores_its_form(site: tuple[Path, str], chromium: Chromium) -> Non
             f"form.elements[{name!r}].{'checked' if isinstance(value, bool) else 'value'} = {json.dumps(value)};"
             for name, value in record.items()
         )
-        script = (
-            f"const form = document.getElementById('form'); {fill} document.getElementById('score-form').click();"
-            " new Promise(ok => setTimeout(() => ok(document.getElementById('results-json').textContent), 500))"
-        )
-        scored = json.loads(page.evaluate(script))
-        blank = "form.elements['amount'].value = ''; document.getElementById('score-form').click();"
-        blank += " new Promise(ok => setTimeout(() => ok(document.getElementById('results-json').textContent), 500))"
-        missing = json.loads(page.evaluate(blank))
+        click = "document.getElementById('score-form').click();"
+        results = "window.lastRun.then(() => document.getElementById('results-json').textContent)"
+        scored = json.loads(page.evaluate(f"const form = document.getElementById('form'); {fill} {click} {results}"))
+        missing = json.loads(page.evaluate(f"form.elements['amount'].value = ''; {click} {results}"))
     finally:
         page.close()
     bundle = EdgeBundle(site[0] / "full")

@@ -91,6 +91,7 @@ export class EdgeBundle {
     this.ort = ort;
     this.manifest = manifest;
     this.features = schema.features;
+    this.names = new Set(schema.features.map((f) => f.name));
     this.version = combiner.version;
     this.members = combiner.members;
     this.weights = combiner.weights;
@@ -107,9 +108,8 @@ export class EdgeBundle {
     if (record === null || typeof record !== "object" || Array.isArray(record)) {
       throw new InvalidRow("each transaction must be a JSON object", null);
     }
-    const names = new Set(this.features.map((f) => f.name));
     const extra = Object.keys(record)
-      .filter((k) => !names.has(k) && k !== "id")
+      .filter((k) => !this.names.has(k) && k !== "id")
       .sort();
     if (extra.length) throw new InvalidRow("unknown field", extra[0]);
     return Float64Array.from(this.features, (f) => encodeValue(f, record[f.name], f.name));
