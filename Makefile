@@ -4,7 +4,7 @@ BENTOML := .venv/bin/bentoml
 export PYTHONDONTWRITEBYTECODE := 1
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: venv venv-runtime models serve test test-slow lint format bench spark bench-batch edge bench-edge protos bench-oip redis redis-stop stream-worker bench-stream promote versions test-faults fuzz image image-batch image-run airflow-venv loadtest
+.PHONY: venv venv-runtime models serve test test-slow lint format bench spark bench-batch edge edge-web bench-edge protos bench-oip redis redis-stop stream-worker bench-stream promote versions test-faults fuzz image image-batch image-run airflow-venv loadtest
 
 venv:  ## everything for tests, load tests and benchmarks
 	@bash scripts/bootstrap.sh dev
@@ -43,6 +43,12 @@ bench-batch: models  ## fraud-batch local engine vs raw model rate, 1M and 10M r
 edge: venv models  ## export the served models as an offline ONNX bundle (dist/edge) and verify it
 	.venv/bin/fraud-edge export --out dist/edge --overwrite
 	.venv/bin/fraud-edge verify dist/edge
+
+edge-web: venv models  ## dist/edge with its browser page (onnxruntime-web from npm), served on http://127.0.0.1:8000/
+	bash scripts/system-deps.sh node
+	bash scripts/web-deps.sh
+	.venv/bin/fraud-edge export --out dist/edge --web --overwrite
+	$(PY) -m http.server 8000 --bind 127.0.0.1 --directory dist/edge
 
 bench-edge: venv models  ## scikit-learn vs ONNX runners (rows/s, size, max diff); writes benchmarks/results/edge.json
 	$(PY) -m benchmarks.edge

@@ -4,6 +4,9 @@
 #   redis  redis-server (streaming worker and its tests)
 #   java   openjdk-17-jre-headless (Spark engine)
 #   image  buildah podman runc skopeo mmdebstrap uidmap curl (OCI image without a Docker daemon)
+#   web    chromium (headless tests of the edge bundle's browser page)
+#   node   nodejs npm (onnxruntime-web from npm for that page: scripts/web-deps.sh); apart from web because
+#          an npm that came with another nodejs build must not pull in Debian's
 set -euo pipefail
 
 declare -A GROUPS_=(
@@ -11,12 +14,16 @@ declare -A GROUPS_=(
     [redis]="redis-server"
     [java]="openjdk-17-jre-headless"
     [image]="buildah podman runc skopeo mmdebstrap uidmap fuse-overlayfs curl"
+    [web]="chromium"
+    [node]="nodejs npm"
 )
 declare -A PROBE=(
     [venv]="python3 -c 'import venv, ensurepip'"
     [redis]="command -v redis-server"
     [java]="command -v java"
     [image]="command -v buildah && command -v podman && command -v mmdebstrap && command -v curl"
+    [web]="command -v chromium"
+    [node]="command -v node && command -v npm"
 )
 
 missing=()

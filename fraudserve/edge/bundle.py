@@ -7,6 +7,7 @@ A bundle is a folder that scores with numpy + onnxruntime alone:
     combiner.json       members, weights, links, intercept, threshold, model version
     members/<m>.onnx    one graph per member: features [n, f] -> score [n] (the runner's score)
     edge_scorer.py      the offline JSON-lines scorer (fraudserve/edge/scorer.py)
+    index.html, web/    with ``web``: the browser page on onnxruntime-web (fraudserve/edge/browser.py)
 
 Variants: "full" keeps float64 everywhere (scores match scikit-learn to ~1e-15). "compact" is
 saved after onnxruntime's offline graph optimisation and stores the IsolationForest (the largest
@@ -31,6 +32,7 @@ import numpy as np
 import onnx
 
 from fraudserve.edge import scorer as edge_scorer
+from fraudserve.edge.browser import WebOptions, write_web
 from fraudserve.edge.convert import convert_member
 from fraudserve.edge.parity import (
     PARITY_ROWS,
@@ -79,8 +81,10 @@ def export_bundle(
     variant: Variant = "full",
     parity_n: int = PARITY_ROWS,
     overwrite: bool = False,
+    web: WebOptions | None = None,
 ) -> tuple[dict[str, Any], Parity]:
-    """Write a bundle to ``out`` (atomically: a temp dir renamed into place once parity holds)."""
+    """Write a bundle to ``out`` (atomically: a temp dir renamed into place once parity holds); ``web``
+    adds the browser page."""
     if variant not in VARIANTS:
         raise ExportError(f"unknown variant {variant!r}; expected one of {list(VARIANTS)}", field="variant")
     if out.exists() and not (overwrite and (out / edge_scorer.MANIFEST).is_file()):
@@ -113,6 +117,7 @@ def export_bundle(
         }
         (staging / edge_scorer.COMBINER).write_text(json.dumps(combiner, indent=2, sort_keys=True))
         shutil.copyfile(edge_scorer.__file__, staging / SCORER_FILE)
+        web_entry = write_web(staging, web) if web is not None else None
         manifest = {
             "format": edge_scorer.FORMAT,
             "variant": variant,
@@ -121,6 +126,7 @@ def export_bundle(
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "versions": {"python": platform.python_version(), **{t: _version(t) for t in _TOOLS}},
             "members": members_info,
+            **({"web": web_entry} if web_entry is not None else {}),
             "files": _file_table(staging),
         }
         _write_manifest(staging, manifest)

@@ -3,6 +3,7 @@
 examples:
   fraud-edge export --out dist/edge                       # latest models, float64 (exact)
   fraud-edge export --out dist/edge-compact --variant compact --version v20250101-...
+  fraud-edge export --out dist/edge --web                 # + index.html: scores in a browser (onnxruntime-web)
   fraud-edge verify dist/edge --rows 20000                # parity vs the in-process scikit-learn models
   fraud-edge score dist/edge < transactions.jsonl         # = python dist/edge/edge_scorer.py dist/edge
 
@@ -31,6 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--variant", choices=("full", "compact"), default="full", help="default: full")
     export.add_argument("--parity-rows", type=int, default=4_000, help="rows checked before the bundle is written")
     export.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    export.add_argument("--web", action="store_true", help="add the browser page (index.html, onnxruntime-web)")
+    export.add_argument(
+        "--ort-dir", type=Path, help="onnxruntime-web's dist/ folder to copy (default: node_modules at the repo root)"
+    )
+    export.add_argument(
+        "--ort-url",
+        help="let the page load onnxruntime-web from this URL or path instead of copying it (implies --web)",
+    )
     verify = sub.add_parser("verify", help="check a bundle's files and its parity with the served models")
     verify.add_argument("bundle", type=Path)
     verify.add_argument("--rows", type=int, default=10_000, help="generated rows to compare (default 10000)")
@@ -66,18 +75,34 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from fraudserve.edge.browser import DEFAULT_ORT_DIR, WebOptions
     from fraudserve.edge.bundle import bundle_size, export_bundle
     from fraudserve.local import load_local
 
+    web = None
+    if args.web or args.ort_dir or args.ort_url:
+        web = WebOptions(ort_dir=args.ort_dir or DEFAULT_ORT_DIR, ort_url=args.ort_url)
     spec, local = load_local(version=args.version)
     manifest, parity = export_bundle(
-        spec, local.estimators, args.out, variant=args.variant, parity_n=args.parity_rows, overwrite=args.overwrite
+        spec,
+        local.estimators,
+        args.out,
+        variant=args.variant,
+        parity_n=args.parity_rows,
+        overwrite=args.overwrite,
+        web=web,
     )
     sizes = bundle_size(args.out)
     print(f"exported {spec.prefix} {spec.version} ({args.variant}) to {args.out}")
     for member, info in manifest["members"].items():
         print(f"  {member:9s} {info['estimator']:32s} {sizes[info['file']]:>9,d} bytes  {info['input_dtype']}")
     print(f"  parity on {parity.rows} rows: {_diffs(parity.max_abs_diff)} (tolerance {parity.tolerance:g})")
+    if "web" in manifest:
+        page = manifest["web"]
+        runtime = f"onnxruntime-web {page['onnxruntime_web']}" if page["onnxruntime_web"] else "onnxruntime-web"
+        print(
+            f"  browser page {args.out / page['page']}: {runtime} from {page['ort_url']} (serve the folder over http)"
+        )
     return 0
 
 

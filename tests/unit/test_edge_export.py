@@ -149,3 +149,26 @@ def test_cli_export_verify_and_existing_output(
     assert "existing bundle; pass --overwrite" in capsys.readouterr().err
     assert edge_main(["verify", str(tmp_path)]) == 2
     assert "not an edge bundle" in capsys.readouterr().err
+
+
+def test_web_page_copies_the_runtime_or_names_how_to_get_it(tmp_path: Path) -> None:
+    from fraudserve.edge.browser import MODULE, ORT_FILES, ORT_FOLDER, PAGE, WebOptions, write_web
+
+    missing = tmp_path / "node_modules" / "onnxruntime-web" / "dist"
+    (tmp_path / "a").mkdir()
+    with pytest.raises(ExportError, match=r"onnxruntime-web not found .*`npm install --no-package-lock"):
+        write_web(tmp_path / "a", WebOptions(ort_dir=missing))
+
+    missing.mkdir(parents=True)
+    for name in ORT_FILES:
+        (missing / name).write_text(name)
+    (missing.parent / "package.json").write_text(json.dumps({"version": "9.9.9"}))
+    (tmp_path / "b").mkdir()
+    entry = write_web(tmp_path / "b", WebOptions(ort_dir=missing))
+    assert entry == {"page": PAGE, "module": MODULE, "ort_url": ORT_FOLDER, "onnxruntime_web": "9.9.9"}
+    assert sorted(p.name for p in (tmp_path / "b" / ORT_FOLDER).iterdir()) == sorted(ORT_FILES)
+    assert (tmp_path / "b" / PAGE).read_text().startswith("<!doctype html>")
+
+    (tmp_path / "c").mkdir()
+    entry = write_web(tmp_path / "c", WebOptions(ort_dir=tmp_path / "nowhere", ort_url="https://example.org/ort/"))
+    assert entry["ort_url"] == "https://example.org/ort/" and not (tmp_path / "c" / ORT_FOLDER).exists()

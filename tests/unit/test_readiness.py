@@ -108,7 +108,7 @@ def test_liveness_fails_only_after_the_runners_stayed_unready_for_the_grace() ->
         scorer.down = {"hgb"}
         clock.now += 2
         assert not await probe.ready() and await probe.alive(60)  # unready, but not for long
-        clock.now += 59
+        clock.now += 57  # 59 s since the last ready round
         assert await probe.alive(60)
         clock.now += 2
         assert not await probe.alive(60)
