@@ -44,6 +44,7 @@ SPEC = store.load_ensemble(settings.model_prefix, settings.model_version)
     workers=settings.api_workers,
     traffic={"timeout": settings.runner_timeout_s},
     tracing=tracing.service_config(settings),
+    logging={"access": {"enabled": settings.access_log_enabled}},
     image=IMAGE,  # the OCI image: fraudserve/image.py, scripts/image.sh
 )
 # Mounts are matched in the order they are added (bottom decorator first): /predict, the hot route, first.

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
         gt=0,
         description="Timeout of one batched runner call; past it the caller gets a 503 (e.g. while a runner respawns).",
     )
+    access_log_enabled: bool = Field(
+        True, description="BentoML's access log line per request of the entry service and the runners."
+    )
     api_workers: int = Field(1, ge=1, description="Worker processes of the entry service.")
     runner_workers: int = Field(1, ge=1, description="Worker processes of each model runner.")
     runner_threads: int = Field(

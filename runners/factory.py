@@ -131,4 +131,5 @@ def runner_service(cls: type, name: str) -> Any:
         # under in-flight requests ("Connector is closed" -> 500 under load): never recycle.
         runner_connection={"max_requests": 2**31 - 1, "max_age": 10.0 * 365 * 24 * 3600},
         tracing=tracing.service_config(settings),
+        logging={"access": {"enabled": settings.access_log_enabled}},
     )(cls)
