@@ -107,6 +107,7 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
         claim_idle_ms=args.claim_idle_ms,
         claim_interval_ms=args.claim_interval_ms,
         max_deliveries=args.max_deliveries,
+        fault_hold_dir=settings.stream_fault_hold_dir,
     )
     # Micro-batches are small: BLAS/OpenMP thread pools only add contention (measured ~4x slower on
     # a busy 2-core box); run more workers for more cores instead.

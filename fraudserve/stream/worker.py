@@ -13,11 +13,14 @@ Lifecycle of one batch (each step's contract):
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -43,6 +46,7 @@ class WorkerConfig:
     claim_idle_ms: int
     claim_interval_ms: int
     max_deliveries: int
+    fault_hold_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ class StreamWorker:
         self._next_stats = 0.0
         self._stats_since = time.monotonic()
         self._finished_since_stats = 0
+        self._held = False
 
     def __enter__(self) -> StreamWorker:
         return self
@@ -133,7 +138,9 @@ class StreamWorker:
             self._commit(parts.dead, [self._dead(d, PoisonMessage(reason)) for d in parts.dead], time.perf_counter())
         for batch in batches:
             started = time.perf_counter()
-            self._commit(batch, self.process(batch), started)
+            outcomes = self.process(batch)
+            self._hold(batch)
+            self._commit(batch, outcomes, started)
         return len(deliveries)
 
     def process(self, batch: Sequence[Delivery]) -> list[Outcome]:
@@ -175,6 +182,26 @@ class StreamWorker:
             )
             out.append(Scored(txn.source_id, fields, alert))
         return out
+
+    def _hold(self, batch: Sequence[Delivery]) -> None:
+        """Fault injection for tests (FRAUD_STREAM_FAULT_HOLD_DIR): park the first batch between score and commit.
+
+        The ``.held`` file tells a test that this consumer now holds those messages unacknowledged, so a kill
+        or a reclaim lands mid-batch by construction rather than by timing.
+        """
+        hold_dir = self.config.fault_hold_dir
+        if hold_dir is None or self._held:
+            return
+        self._held = True
+        name = self.config.consumer
+        release = hold_dir / f"{name}.release"
+        tmp = hold_dir / f".{name}.held.tmp"
+        tmp.write_text(json.dumps([d.id for d in batch]))
+        os.replace(tmp, hold_dir / f"{name}.held")
+        log.warning("fault injection: holding a batch of %d before its commit until %s exists", len(batch), release)
+        while not release.exists() and not self.stopping.is_set():
+            self.stopping.wait(0.01)
+        log.warning("fault injection: released; committing the held batch")
 
     def _dead(self, delivery: Delivery, error: Exception) -> DeadLetter:
         fields = dead_letter_fields(

@@ -79,10 +79,10 @@ class Workers:
         self.logs = logs
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, consumer: str, *args: str) -> subprocess.Popen[bytes]:
+    def start(self, consumer: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{consumer}.log").open("wb")
         cmd = [sys.executable, "-m", "fraudserve.stream.cli", "worker", "--consumer", consumer, *args]
-        proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.procs[consumer] = proc
         return proc
@@ -130,24 +130,36 @@ def scores_by_source(client: redis.Redis, stream: str) -> Counter[str]:
     return Counter(fields["source_id"] for _, fields in client.xrange(stream))
 
 
+def holding(hold_dir: Path) -> dict[str, str]:
+    """Env of a worker that parks its first scored batch before committing it (FRAUD_STREAM_FAULT_HOLD_DIR)."""
+    hold_dir.mkdir(exist_ok=True)
+    return {"FRAUD_STREAM_FAULT_HOLD_DIR": str(hold_dir)}
+
+
+def held_ids(hold_dir: Path, consumer: str) -> list[str]:
+    return list(json.loads((hold_dir / f"{consumer}.held").read_text()))
+
+
 def test_a_consumer_killed_mid_batch_loses_nothing_and_writes_nothing_twice(
-    workers: Workers, streams: dict[str, str], local_redis: LocalRedis
+    workers: Workers, streams: dict[str, str], local_redis: LocalRedis, tmp_path: Path
 ) -> None:
     settings = settings_of(streams)
     client = local_redis.client()
+    hold_dir = tmp_path / "hold"
     fast_claim = ("--claim-idle-ms", "1500", "--claim-interval-ms", "300", "--metrics-port", "0")
     # The victim's batch is small: the survivor retries its messages one at a time (poison isolation).
-    workers.start("victim", "--batch-size", "40", *fast_claim)
+    # It parks its first scored batch before the commit, so the SIGKILL lands mid-batch on any machine.
+    workers.start("victim", "--batch-size", "40", *fast_claim, env=holding(hold_dir))
     workers.start("survivor", "--batch-size", "200", *fast_claim)
     wait_for(started(workers, "victim", "survivor"), 60, "workers", workers)
 
     ids = publish(settings, 4_000, seed=101)
-    wait_for(lambda: client.xlen(settings.stream_output) >= 600, 60, "first scores", workers)
-    wait_for(lambda: pending_of(client, settings.stream_input, "victim") > 0, 30, "the victim's next batch", workers)
+    wait_for(lambda: (hold_dir / "victim.held").exists(), 60, "the victim to hold a scored batch", workers)
     workers.procs["victim"].send_signal(signal.SIGKILL)
     workers.procs["victim"].wait(timeout=10)
     orphaned = [p["message_id"] for p in client.xpending_range(settings.stream_input, GROUP, "-", "+", 1_000, "victim")]
     assert orphaned, "the victim was not killed mid-batch (nothing pending): the test proves nothing"
+    assert sorted(orphaned) == sorted(held_ids(hold_dir, "victim"))
 
     wait_for(lambda: client.xlen(settings.stream_output) >= len(ids), 120, "every score", workers)
     wait_for(lambda: client.xinfo_groups(settings.stream_input)[0]["pending"] == 0, 30, "no pending", workers)
@@ -161,6 +173,46 @@ def test_a_consumer_killed_mid_batch_loses_nothing_and_writes_nothing_twice(
     alerts = {f["source_id"] for _, f in client.xrange(settings.stream_alerts)}
     assert alerts == {s for s, f in by_source.items() if f["is_fraud"] == "1"}
     assert "reclaimed" in workers.log("survivor")
+
+
+def test_a_batch_reclaimed_from_a_live_slow_consumer_is_written_once(
+    workers: Workers, streams: dict[str, str], local_redis: LocalRedis, tmp_path: Path
+) -> None:
+    settings = settings_of(streams)
+    client = local_redis.client()
+    hold_dir = tmp_path / "hold"
+    claim = ("--claim-idle-ms", "1000", "--claim-interval-ms", "200", "--metrics-port", "0")
+    # Published first (the group starts at the oldest message): the slow worker's first read is a full batch.
+    ids = publish(settings, 600, seed=111)
+    workers.start("slow", "--batch-size", "50", *claim, env=holding(hold_dir))
+    wait_for(lambda: (hold_dir / "slow.held").exists(), 60, "the slow worker to hold a scored batch", workers)
+    held = held_ids(hold_dir, "slow")
+    assert len(held) == 50
+
+    workers.start("fast", "--batch-size", "100", *claim)
+    wait_for(lambda: client.xlen(settings.stream_output) >= len(ids), 60, "every score, by the fast worker", workers)
+    wait_for(lambda: client.xinfo_groups(settings.stream_input)[0]["pending"] == 0, 30, "no pending", workers)
+    assert workers.procs["slow"].poll() is None, "the slow worker must be alive: this is not the crash case"
+    assert "reclaimed 50 messages" in workers.log("fast")
+
+    # The slow worker now commits the 50 outcomes it scored before it was overtaken: all of them are refused.
+    (hold_dir / "slow.release").touch()
+    refused = "50 of 50 outcomes were already written"
+    wait_for(
+        lambda: refused in workers.log("slow") or client.xlen(settings.stream_output) > len(ids),
+        30,
+        "the late commit",
+        workers,
+    )
+    scored = scores_by_source(client, settings.stream_output)
+    assert set(scored) == set(ids) and max(scored.values()) == 1, "a message was written twice"
+    by_source = {f["source_id"]: f for _, f in client.xrange(settings.stream_output)}
+    assert {by_source[i]["consumer"] for i in held} == {"fast"}
+    alerts = Counter(f["source_id"] for _, f in client.xrange(settings.stream_alerts))
+    assert not alerts or max(alerts.values()) == 1
+    assert set(alerts) == {s for s, f in by_source.items() if f["is_fraud"] == "1"}
+    assert client.xlen(settings.stream_dead_letter) == 0
+    assert refused in workers.log("slow")
 
 
 def test_two_consumers_share_the_load_and_stop_gracefully(
