@@ -17,13 +17,16 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 
+from fraudserve.errors import Unavailable
+from fraudserve.inference import ScoredBatch
 from fraudserve.local import local_core
 from fraudserve.settings import Settings
 from fraudserve.stream.local_redis import LocalRedis, free_port
-from fraudserve.stream.messages import encode_message
+from fraudserve.stream.messages import decode_message, encode_message
 from fraudserve.stream.producer import generated, produce
 from fraudserve.stream.redis_broker import RedisStreams
 from fraudserve.stream.worker import StreamWorker, WorkerConfig
@@ -309,3 +312,66 @@ def test_bad_and_poison_messages_go_to_the_dead_letter_stream_with_reasons(
     scored = scores_by_source(client, settings.stream_output)
     assert len(scored) == len(records) and max(scored.values()) == 1
     assert not set(scored) & set(letters)
+
+
+def test_a_scoring_failure_not_caused_by_the_message_is_retried_until_max_deliveries(
+    streams: dict[str, str], local_redis: LocalRedis, trained: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_of(streams, model_version=trained, stream_max_deliveries=3)
+    client = local_redis.client()
+    broker = RedisStreams.connect(settings, "in-process")
+    broker.ensure_group()
+    core = local_core(settings)
+    records = generate_transactions(22, seed=404).drop(columns="is_fraud").to_dict("records")
+    ids = broker.publish([encode_message(r, txn_id=i) for i, r in enumerate(records)])
+    (bad_id,) = broker.publish([{"data": "{oops"}])
+    down_id, flaky_id = ids[0], ids[1]
+    down = decode_message(down_id, encode_message(records[0]), core.schema).row
+    flaky = decode_message(flaky_id, encode_message(records[1]), core.schema).row
+
+    attempts: Counter[str] = Counter()
+    pending_at_attempt: list[int] = []
+    real_score = core.score
+
+    async def score(rows: np.ndarray, *, transport: str) -> ScoredBatch:
+        if len(rows) == 1:
+            for name, row in (("down", down), ("flaky", flaky)):
+                if np.array_equal(rows[0], row):
+                    attempts[name] += 1
+                    if name == "down":
+                        pending_at_attempt.append(pending_of(client, settings.stream_input, "in-process"))
+                        raise Unavailable("the model runtime is down")
+                    if attempts[name] == 1:
+                        raise RuntimeError("a transient runtime error")
+        elif any(np.array_equal(r, down) for r in rows):
+            raise Unavailable("the model runtime is down")
+        return await real_score(rows, transport=transport)
+
+    monkeypatch.setattr(core, "score", score)
+    config = WorkerConfig(
+        "in-process", batch_size=64, block_ms=50, claim_idle_ms=300, claim_interval_ms=1, max_deliveries=3
+    )
+    with StreamWorker(broker, core, config) as worker:
+        deadline = time.monotonic() + 30
+        while (
+            client.xinfo_groups(settings.stream_input)[0]["pending"]
+            or client.xinfo_groups(settings.stream_input)[0]["lag"]
+        ):
+            assert time.monotonic() < deadline, "the worker did not finish"
+            worker.step()
+    broker.close()
+
+    letters = {f["source_id"]: f for _, f in client.xrange(settings.stream_dead_letter)}
+    assert set(letters) == {down_id, bad_id}
+    # At fault: at once. Not at fault: after exactly max_deliveries deliveries, with the last error.
+    assert (letters[bad_id]["reason"], letters[bad_id]["field"], letters[bad_id]["deliveries"]) == (
+        "invalid_input",
+        "data",
+        "1",
+    )
+    assert (letters[down_id]["reason"], letters[down_id]["deliveries"]) == ("unavailable", "3")
+    assert letters[down_id]["message"] == "the model runtime is down"
+    assert attempts == {"down": 3, "flaky": 2}
+    assert all(n >= 1 for n in pending_at_attempt), "the failed message was acknowledged between its deliveries"
+    scored = scores_by_source(client, settings.stream_output)
+    assert set(scored) == set(ids) - {down_id} and max(scored.values()) == 1
