@@ -62,7 +62,11 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=7, help="seed of --generate (7)")
     pr.add_argument("--id-column", help="CSV column sent as txn_id")
     pr.add_argument("--rate", type=float, help="messages per second (default: as fast as possible)")
-    pr.add_argument("--maxlen", type=_positive, help="trim the input stream to about this many messages")
+    pr.add_argument(
+        "--maxlen",
+        type=_positive,
+        help="trim the input stream to this many messages, never one the consumer group has not acknowledged",
+    )
 
     st = sub.add_parser("stats", help="stream lengths, consumer-group lag and pending messages")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -155,6 +159,13 @@ def run_produce(args: argparse.Namespace, settings: Settings) -> int:
         f"sent {report.sent} messages to {settings.stream_input}"
         f" in {report.elapsed_s:.2f} s ({report.rate_per_s:.0f}/s)"
     )
+    if args.maxlen is not None:
+        print(f"trimmed {report.trimmed} acknowledged messages (--maxlen {args.maxlen})")
+        if report.kept_over_maxlen:
+            print(
+                f"kept {report.kept_over_maxlen} messages beyond --maxlen: not yet delivered to or acknowledged by"
+                " the consumer group (start more workers, or wait)"
+            )
     return 0
 
 

@@ -375,3 +375,41 @@ def test_a_scoring_failure_not_caused_by_the_message_is_retried_until_max_delive
     assert all(n >= 1 for n in pending_at_attempt), "the failed message was acknowledged between its deliveries"
     scored = scores_by_source(client, settings.stream_output)
     assert set(scored) == set(ids) - {down_id} and max(scored.values()) == 1
+
+
+def test_produce_maxlen_never_trims_what_the_group_has_not_acknowledged(
+    streams: dict[str, str], local_redis: LocalRedis
+) -> None:
+    settings = settings_of(streams)
+    client = local_redis.client()
+    broker = RedisStreams.connect(settings, "producer")
+    stream = settings.stream_input
+    # No group yet: nothing was delivered, so nothing may go.
+    report = produce(broker, generated(150, seed=505), maxlen=10)
+    assert (client.xlen(stream), report.trimmed, report.kept_over_maxlen) == (150, 0, 140)
+
+    broker.ensure_group()
+    read = client.xreadgroup(GROUP, "c1", {stream: ">"}, count=30)[0][1]
+    delivered = [mid for mid, _ in read]
+    client.xack(stream, GROUP, *delivered[:20])  # 20 done, 10 pending, 120 never delivered
+    report = produce(broker, generated(50, seed=506), maxlen=10, chunk=25)
+    entries = [mid for mid, _ in client.xrange(stream)]
+    assert entries[0] == delivered[20], "only the 20 acknowledged messages may be trimmed"
+    assert (len(entries), report.trimmed, report.kept_over_maxlen) == (180, 20, 170)
+    # The consumer that held the pending ones died; they are still there to be reclaimed, none trimmed.
+    claimed = client.xautoclaim(stream, GROUP, "c2", 0, "0-0", count=100)
+    assert [mid for mid, _ in claimed[1]] == delivered[20:30] and not claimed[2]
+
+    # Everything delivered, the pending ones not yet acknowledged: the cut stops at the oldest pending one.
+    rest = [mid for mid, _ in client.xreadgroup(GROUP, "c1", {stream: ">"}, count=1_000)[0][1]]
+    client.xack(stream, GROUP, *rest)
+    report = produce(broker, generated(5, seed=507), maxlen=10)
+    assert client.xrange(stream, count=1)[0][0] == delivered[20] and report.kept_over_maxlen == 175
+
+    # All acknowledged: trimmed to exactly maxlen (the 5 new ones are undelivered, so they are kept).
+    client.xack(stream, GROUP, *delivered[20:30])
+    report = produce(broker, generated(1, seed=508), maxlen=10)
+    assert (client.xlen(stream), report.kept_over_maxlen) == (10, 0)
+    group = client.xinfo_groups(stream)[0]
+    assert (group["pending"], group["lag"]) == (0, 6)
+    broker.close()
