@@ -159,6 +159,14 @@ class Settings(BaseSettings):
     stream_metrics_port: int = Field(
         9400, ge=0, le=65535, description="Port of a worker's Prometheus /metrics; 0 turns it off."
     )
+    stream_fault_hold_dir: Path | None = Field(
+        None,
+        description=(
+            "Test only (fault injection), never set in production: a worker writes the ids of the first batch it"
+            " scores to `<dir>/<consumer>.held`, then waits before committing it until `<dir>/<consumer>.release`"
+            " exists (or it is asked to stop)."
+        ),
+    )
     # hardening: API keys, rate limits, request limits (fraudserve/security)
     api_keys: SecretStr = Field(
         SecretStr(""),

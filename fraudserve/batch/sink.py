@@ -1,9 +1,11 @@
 """The output side: one Parquet part file per chunk, written atomically, and a manifest.
 
-A part is written to a temporary name and renamed into place; only then is its chunk id added
-to ``_manifest.json`` (itself replaced atomically). A crash leaves at worst a part that the
-manifest does not list, which a resumed run simply writes again. The manifest also holds the
-input fingerprint and the run settings, so --resume refuses an input that changed.
+A part is written to a temporary name, fsynced, renamed into place and its folder fsynced; only
+then is its chunk id added to ``_manifest.json`` (itself written to a temporary name, fsynced,
+renamed, folder fsynced). A crash or a power loss leaves at worst a part that the manifest does
+not list, which a resumed run simply writes again; never a listed part that is truncated. The
+manifest also holds the input fingerprint and the run settings, so --resume refuses an input
+that changed. ``--overwrite`` deletes only what has our manifest.
 
 Layout of a folder output::
 
@@ -81,7 +83,9 @@ class Output:
                 f"output {self.path} already exists; {hint}pass --overwrite to replace it", field="output"
             )
         if taken:
-            if self.work_dir.exists() and manifest is None and not self.single:
+            # A single file's .parts folder is deleted with the same check as a folder output: the
+            # user named the file, not the folder beside it, which may hold anything.
+            if self.work_dir.exists() and any(self.work_dir.iterdir()) and manifest is None:
                 raise InvalidInput(
                     f"refusing to overwrite {self.work_dir}: it is not a fraud-batch output (no {MANIFEST})",
                     field="output",
@@ -90,7 +94,7 @@ class Output:
             for side in (self.path, self.rejected_path, self.summary_path):
                 if self.single and side.exists():
                     side.unlink()
-        (self.work_dir / "_rejected").mkdir(parents=True, exist_ok=True)
+        make_dirs(self.work_dir / "_rejected")
         self._write_manifest(complete=False)
 
     def _read_manifest(self) -> dict[str, Any] | None:
@@ -112,7 +116,7 @@ class Output:
             "model_versions": self.model_versions,
             "chunks": {str(k): v.to_json() for k, v in sorted(self.done.items())},
         }
-        _atomic_write_text(self.manifest_path, json.dumps(data, indent=1))
+        atomic_write_text(self.manifest_path, json.dumps(data, indent=1))
 
     def write_parts(self, result: ScoredChunk) -> None:
         """Writes a chunk's files (any thread); ``record`` then marks it done (one thread)."""
@@ -122,6 +126,7 @@ class Output:
             _atomic_parquet(result.rejected, rejected)
         elif rejected.exists():
             rejected.unlink()
+            fsync_dir(rejected.parent)
 
     def record(self, result: ScoredChunk) -> None:
         self.done[result.chunk_id] = result.stats
@@ -146,28 +151,70 @@ class Output:
             else:
                 _concat_parquet(parts, output_schema, self.path)
         self._write_manifest(complete=True)
-        _atomic_write_text(self.summary_path, json.dumps(summary, indent=2))
+        atomic_write_text(self.summary_path, json.dumps(summary, indent=2))
         if self.single:
             shutil.rmtree(self.work_dir)
+            fsync_dir(self.work_dir.parent)
+
+
+def is_ours(folder: Path) -> bool:
+    """Whether ``folder`` holds a manifest written by fraud-batch (any engine): what --overwrite may delete."""
+    try:
+        data = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT
+
+
+def make_dirs(folder: Path) -> None:
+    """mkdir -p, each new folder's entry fsynced in its parent (a rename into it must not outlive it)."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for new in reversed(missing):
+        new.mkdir(exist_ok=True)
+        fsync_dir(new.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Makes the creations, renames and deletions in ``folder`` durable (POSIX: fsync of the folder itself)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = _tmp(path)
-    with tmp.open("w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Data durable before the name points at it, the name durable before anyone is told about it."""
+    _fsync_file(tmp)
     os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = _tmp(path)
+    tmp.write_text(text)
+    _publish(tmp, path)
 
 
 def _atomic_parquet(table: pa.Table, path: Path) -> None:
     tmp = _tmp(path)
     pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    _publish(tmp, path)
 
 
 def _concat_csv(parts: list[Path], schema: pa.Schema, path: Path) -> None:
@@ -176,7 +223,7 @@ def _concat_csv(parts: list[Path], schema: pa.Schema, path: Path) -> None:
         for part in parts:
             if part.exists():
                 writer.write_table(pq.read_table(part).cast(schema))
-    os.replace(tmp, path)
+    _publish(tmp, path)
 
 
 def _concat_parquet(parts: list[Path], schema: pa.Schema, path: Path) -> None:
@@ -184,4 +231,4 @@ def _concat_parquet(parts: list[Path], schema: pa.Schema, path: Path) -> None:
     with pq.ParquetWriter(tmp, schema) as writer:
         for part in parts:
             writer.write_table(pq.read_table(part).cast(schema))
-    os.replace(tmp, path)
+    _publish(tmp, path)

@@ -9,6 +9,10 @@ driver's BENTOML_HOME; ``--no-ship-models`` makes them use their own BENTOML_HOM
 
 Row numbers equal the local engine's (0-based across the files in path order): a first pass
 counts the rows of each input split, a second numbers each split's rows from that offset.
+
+The output folder gets a ``_manifest.json`` (engine ``spark``) before Spark writes into it, so
+``--overwrite`` deletes only folders fraud-batch wrote (a ``_SUCCESS`` file proves only that
+*some* Spark job did), including the leftovers of a crashed Spark run.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from models import store
 
 from .runner import totals_fields
 from .scoring import ROW_NUMBER, OutputLayout
+from .sink import MANIFEST, MANIFEST_FORMAT, atomic_write_text, fsync_dir, is_ours, make_dirs
 from .source import InputFiles
 from .spark_worker import BLOCK, FILE, REASON, REASON_FIELDS, Job, score_partition
 from .stats import ChunkStats
@@ -58,9 +63,14 @@ def run_spark(args: argparse.Namespace) -> dict[str, Any]:
     if output.exists() and any(output.iterdir()):
         if not args.overwrite:
             raise InvalidInput(f"output {output} already exists; pass --overwrite to replace it", field="output")
-        if not (output / "_SUCCESS").exists() and not (output / "_summary.json").exists():
-            raise InvalidInput(f"refusing to overwrite {output}: it is not a fraud-batch output", field="output")
+        if not is_ours(output):
+            raise InvalidInput(
+                f"refusing to overwrite {output}: it is not a fraud-batch output (no {MANIFEST})", field="output"
+            )
         shutil.rmtree(output)
+        fsync_dir(output.parent)
+    make_dirs(output)
+    _write_manifest(output, complete=False)
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = (
@@ -110,7 +120,8 @@ def run_spark(args: argparse.Namespace) -> dict[str, Any]:
             out_cols = [layout.id_name, "fraud_probability", "is_fraud"]
             out_cols += [layout.member_column(m) for m in spec.members] + ["model_version"]
             ok = F.col(REASON).isNull()
-            scored.filter(ok).select(*out_cols).write.mode("overwrite").parquet(str(output))
+            # Append: "overwrite" would make Spark delete the folder, our manifest with it.
+            scored.filter(ok).select(*out_cols).write.mode("append").parquet(str(output))
             rejected_cols = [ROW_NUMBER] + ([args.id_column] if args.id_column else []) + [REASON]
             rejected = (
                 scored.filter(~ok)
@@ -145,8 +156,21 @@ def run_spark(args: argparse.Namespace) -> dict[str, Any]:
         "model_versions": spec.tags(),
         "arrow_batch_rows": args.arrow_batch_rows,
     }
-    (output / "_summary.json").write_text(json.dumps(result, indent=2))
+    _write_manifest(output, complete=True)
+    atomic_write_text(output / "_summary.json", json.dumps(result, indent=2))
     return result
+
+
+def _write_manifest(output: Path, *, complete: bool) -> None:
+    # No chunks and a key no local run has: `--resume` of a local run refuses it, `--overwrite` accepts it.
+    data = {
+        "format": MANIFEST_FORMAT,
+        "engine": "spark",
+        "key": {"engine": "spark"},
+        "complete": complete,
+        "chunks": {},
+    }
+    atomic_write_text(output / MANIFEST, json.dumps(data, indent=1))
 
 
 def _ship_models(spark: Any, spec: Any, workdir: Path) -> tuple[str, ...]:
@@ -200,7 +224,10 @@ def _write_single_csv(frame: Any, path: Path, workdir: Path) -> None:
         tmp.write_text("")
     else:
         shutil.copyfile(part, tmp)
+    with tmp.open("rb") as fh:
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def _totals(scored: Any, F: Any) -> ChunkStats:

@@ -53,6 +53,14 @@ class Reclaimed:
 
 
 @dataclass(frozen=True)
+class Trimmed:
+    """``removed`` entries trimmed; ``kept_over_maxlen`` kept beyond maxlen because a group still needs them."""
+
+    removed: int
+    kept_over_maxlen: int
+
+
+@dataclass(frozen=True)
 class GroupStats:
     length: int
     lag: int | None
@@ -82,8 +90,15 @@ class Broker(Protocol):
         """
         ...
 
-    def publish(self, payloads: Sequence[Mapping[str, str]], maxlen: int | None = None) -> list[str]:
+    def publish(self, payloads: Sequence[Mapping[str, str]]) -> list[str]:
         """Append messages to the input stream; returns their ids."""
+        ...
+
+    def trim_input(self, maxlen: int) -> Trimmed:
+        """Trim the input's oldest entries down to ``maxlen``, never one a consumer group has not acknowledged.
+
+        Neither undelivered nor pending messages are removed: the stream stays longer than ``maxlen`` instead.
+        """
         ...
 
     def stats(self) -> GroupStats: ...

@@ -62,7 +62,11 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=7, help="seed of --generate (7)")
     pr.add_argument("--id-column", help="CSV column sent as txn_id")
     pr.add_argument("--rate", type=float, help="messages per second (default: as fast as possible)")
-    pr.add_argument("--maxlen", type=_positive, help="trim the input stream to about this many messages")
+    pr.add_argument(
+        "--maxlen",
+        type=_positive,
+        help="trim the input stream to this many messages, never one the consumer group has not acknowledged",
+    )
 
     st = sub.add_parser("stats", help="stream lengths, consumer-group lag and pending messages")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -107,6 +111,7 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
         claim_idle_ms=args.claim_idle_ms,
         claim_interval_ms=args.claim_interval_ms,
         max_deliveries=args.max_deliveries,
+        fault_hold_dir=settings.stream_fault_hold_dir,
     )
     # Micro-batches are small: BLAS/OpenMP thread pools only add contention (measured ~4x slower on
     # a busy 2-core box); run more workers for more cores instead.
@@ -154,6 +159,13 @@ def run_produce(args: argparse.Namespace, settings: Settings) -> int:
         f"sent {report.sent} messages to {settings.stream_input}"
         f" in {report.elapsed_s:.2f} s ({report.rate_per_s:.0f}/s)"
     )
+    if args.maxlen is not None:
+        print(f"trimmed {report.trimmed} acknowledged messages (--maxlen {args.maxlen})")
+        if report.kept_over_maxlen:
+            print(
+                f"kept {report.kept_over_maxlen} messages beyond --maxlen: not yet delivered to or acknowledged by"
+                " the consumer group (start more workers, or wait)"
+            )
     return 0
 
 

@@ -13,7 +13,8 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 
 MESSAGES = Counter(
     "fraud_stream_messages",
-    "Messages finished by this worker: scored, dead_letter, or duplicate (already written by another consumer).",
+    "Messages finished by this worker: scored, dead_letter, or duplicate (already written by another consumer);"
+    " retry: a scoring failure not caused by the message, left pending to be retried.",
     ["outcome"],
 )
 ALERTS = Counter("fraud_stream_alerts", "Scores at or above the threshold written to the alert stream.")

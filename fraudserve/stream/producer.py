@@ -32,6 +32,8 @@ class ProduceReport:
     elapsed_s: float
     first_id: str | None
     last_id: str | None
+    trimmed: int = 0
+    kept_over_maxlen: int = 0
 
     @property
     def rate_per_s(self) -> float:
@@ -81,9 +83,13 @@ def produce(
     chunk: int = 500,
     maxlen: int | None = None,
 ) -> ProduceReport:
-    """Publishes in pipelined chunks; with ``rate_per_s``, paced to that rate (ticks of 10 ms)."""
+    """Publishes in pipelined chunks; with ``rate_per_s``, paced to that rate (ticks of 10 ms).
+
+    ``maxlen``: after each chunk the input is trimmed to that many entries, but only of messages every
+    consumer group has acknowledged (``Broker.trim_input``); ``kept_over_maxlen`` reports the last excess kept.
+    """
     started = time.perf_counter()
-    sent = 0
+    sent = trimmed = kept = 0
     first: str | None = None
     last: str | None = None
     if rate_per_s is not None:
@@ -94,8 +100,11 @@ def produce(
             delay = started + sent / rate_per_s - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-        ids = broker.publish(batch, maxlen=maxlen)
+        ids = broker.publish(batch)
         first = first or ids[0]
         last = ids[-1]
         sent += len(ids)
-    return ProduceReport(sent, time.perf_counter() - started, first, last)
+        if maxlen is not None:
+            trim = broker.trim_input(maxlen)
+            trimmed, kept = trimmed + trim.removed, trim.kept_over_maxlen
+    return ProduceReport(sent, time.perf_counter() - started, first, last, trimmed, kept)

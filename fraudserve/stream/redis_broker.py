@@ -12,7 +12,7 @@ import redis
 from fraudserve.errors import Unavailable
 from fraudserve.settings import Settings
 
-from .broker import CommitResult, DeadLetter, Delivery, GroupStats, Outcome, Reclaimed
+from .broker import CommitResult, DeadLetter, Delivery, GroupStats, Outcome, Reclaimed, Trimmed
 
 # Writing the outputs and the XACK in one atomic step is what DESIGN.md measured as "0 duplicates
 # after a kill mid-batch". A script (rather than MULTI/EXEC) can also check, inside that step,
@@ -50,6 +50,46 @@ return {written, duplicates}
 """
 
 
+# Trimming the input must never drop a message a consumer group still needs: neither one it was
+# not delivered yet (after its last-delivered id) nor one delivered but not acknowledged (pending;
+# XAUTOCLAIM would then report it deleted, unscored). So the cut is the oldest such id over all
+# groups, and only entries strictly older than it go, at most as many as exceed ARGV[1]. In one
+# script, so that no consumer (or new group) can move between the look and the cut. No group at
+# all: nothing was delivered yet, nothing is trimmed. Returns {removed, kept beyond maxlen}.
+_TRIM_INPUT = """
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function older(a, b)
+  local ams, aseq = parse(a)
+  local bms, bseq = parse(b)
+  return ams < bms or (ams == bms and aseq < bseq)
+end
+local function after(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return ms .. '-' .. string.format('%d', tonumber(seq) + 1)
+end
+local excess = redis.call('XLEN', KEYS[1]) - tonumber(ARGV[1])
+if excess <= 0 then return {0, 0} end
+local cut = nil
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local info = {}
+  for j = 1, #group, 2 do info[group[j]] = group[j + 1] end
+  local needed = after(info['last-delivered-id'])
+  if info['pending'] > 0 then
+    needed = redis.call('XPENDING', KEYS[1], info['name'])[2]
+  end
+  if cut == nil or older(needed, cut) then cut = needed end
+end
+if cut == nil then return {0, excess} end
+local old = redis.call('XRANGE', KEYS[1], '-', '(' .. cut, 'COUNT', excess)
+if #old == 0 then return {0, excess} end
+local removed = redis.call('XTRIM', KEYS[1], 'MINID', after(old[#old][1]))
+return {removed, excess - removed}
+"""
+
+
 @dataclass(frozen=True)
 class StreamNames:
     input: str
@@ -80,6 +120,7 @@ class RedisStreams:
         self.consumer = consumer
         self.maxlen = maxlen
         self._commit = client.register_script(_COMMIT)
+        self._trim_input = client.register_script(_TRIM_INPUT)
         self._claim_cursor = "0-0"
 
     @classmethod
@@ -148,12 +189,17 @@ class RedisStreams:
             written, duplicates = self._commit(keys=keys, args=args)
         return CommitResult(int(written), int(duplicates))
 
-    def publish(self, payloads: Sequence[Mapping[str, str]], maxlen: int | None = None) -> list[str]:
+    def publish(self, payloads: Sequence[Mapping[str, str]]) -> list[str]:
         with _unavailable():
             pipe = self.client.pipeline(transaction=False)
             for fields in payloads:
-                pipe.xadd(self.names.input, cast(Any, dict(fields)), maxlen=maxlen, approximate=True)
+                pipe.xadd(self.names.input, cast(Any, dict(fields)))
             return [str(i) for i in pipe.execute()]
+
+    def trim_input(self, maxlen: int) -> Trimmed:
+        with _unavailable():
+            removed, kept = self._trim_input(keys=[self.names.input], args=[maxlen])
+        return Trimmed(int(removed), int(kept))
 
     def stats(self) -> GroupStats:
         with _unavailable():

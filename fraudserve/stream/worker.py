@@ -6,22 +6,29 @@ Lifecycle of one batch (each step's contract):
           worker takes only itself down next time) and one fresh batch.
 - decode: each message validated alone with the schema; a bad one becomes a DeadLetter naming
           the field, its neighbours are unaffected.
-- score:  the valid rows of the batch in one call of the inference core.
+- score:  the valid rows of the batch in one call of the inference core; if it fails, each row alone.
+          A row that fails alone with InvalidInput is at fault: dead-lettered at once. Any other
+          failure (model or runtime: Unavailable, a bug, ...) is not the message's fault: it gets no
+          outcome, stays pending, is reclaimed after ``claim_idle_ms`` and retried; only its
+          ``max_deliveries``-th failed delivery dead-letters it, with the last error.
 - commit: outputs written and the source messages acknowledged in one atomic broker step.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from fraudserve.errors import PoisonMessage, Unavailable
+from fraudserve.errors import InvalidInput, PoisonMessage, Unavailable
 from fraudserve.inference import InferenceCore
 
 from . import metrics
@@ -43,6 +50,7 @@ class WorkerConfig:
     claim_idle_ms: int
     claim_interval_ms: int
     max_deliveries: int
+    fault_hold_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,8 @@ class StreamWorker:
         self._next_stats = 0.0
         self._stats_since = time.monotonic()
         self._finished_since_stats = 0
+        self._held = False
+        self._retrying = 0
 
     def __enter__(self) -> StreamWorker:
         return self
@@ -87,7 +97,7 @@ class StreamWorker:
     def run(self) -> None:
         self.broker.ensure_group()
         log.info("consumer %s started", self.config.consumer)
-        failures = 0
+        failures = scoring_failures = 0
         while not self.stopping.is_set():
             try:
                 self.step()
@@ -99,11 +109,17 @@ class StreamWorker:
                 backoff = min(_MAX_BACKOFF_S, 0.1 * 2**failures)
                 log.warning("broker unavailable (%s); retrying in %.1f s", exc.message, backoff)
                 self.stopping.wait(backoff)
+                continue
+            # While the model fails, reading more only moves messages into the pending list faster.
+            scoring_failures = scoring_failures + 1 if self._retrying else 0
+            if scoring_failures:
+                self.stopping.wait(min(_MAX_BACKOFF_S, 0.1 * 2**scoring_failures))
         log.info("consumer %s stopped", self.config.consumer)
 
     def step(self) -> int:
         """One iteration: reclaim stale messages when due, then read and handle new ones."""
         handled = 0
+        self._retrying = 0
         now = time.monotonic()
         if now >= self._next_claim:
             self._next_claim = now + self.config.claim_interval_ms / 1000.0
@@ -133,7 +149,10 @@ class StreamWorker:
             self._commit(parts.dead, [self._dead(d, PoisonMessage(reason)) for d in parts.dead], time.perf_counter())
         for batch in batches:
             started = time.perf_counter()
-            self._commit(batch, self.process(batch), started)
+            outcomes = self.process(batch)
+            self._hold(batch)
+            if outcomes:
+                self._commit(batch, outcomes, started)
         return len(deliveries)
 
     def process(self, batch: Sequence[Delivery]) -> list[Outcome]:
@@ -154,10 +173,9 @@ class StreamWorker:
             scored = self._loop.run_until_complete(
                 self.core.score(np.vstack([t.row for t in txns]), transport=TRANSPORT)
             )
-        except Exception as exc:  # isolate the row that fails instead of failing the whole batch
+        except Exception as exc:  # noqa: BLE001 - isolate the failing row; _failed decides retry or dead letter
             if len(txns) == 1:
-                log.exception("scoring message %s failed", txns[0].source_id)
-                return [self._dead(by_id[txns[0].source_id], exc)]
+                return self._failed(by_id[txns[0].source_id], exc)
             log.warning("scoring a batch of %d failed (%s); scoring its rows one at a time", len(txns), exc)
             return [o for t in txns for o in self._score([t], by_id)]
         members = list(scored.member_scores)
@@ -175,6 +193,55 @@ class StreamWorker:
             )
             out.append(Scored(txn.source_id, fields, alert))
         return out
+
+    def _failed(self, delivery: Delivery, error: Exception) -> list[Outcome]:
+        """A message that failed to score alone: dead-lettered if at fault or out of deliveries, else retried."""
+        limit = self.config.max_deliveries
+        if isinstance(error, InvalidInput):
+            log.warning("message %s is invalid (%s); dead-lettered", delivery.id, error.message)
+            return [self._dead(delivery, error)]
+        if delivery.deliveries >= limit:
+            log.error(
+                "scoring message %s failed on delivery %d of %d; dead-lettered",
+                delivery.id,
+                delivery.deliveries,
+                limit,
+                exc_info=error,
+            )
+            return [self._dead(delivery, error)]
+        # No outcome, so no XACK: the message stays pending with this consumer and is reclaimed (by
+        # any consumer, this one included) once idle for claim_idle_ms; XAUTOCLAIM counts the delivery.
+        log.warning(
+            "scoring message %s failed on delivery %d of %d (%s: %s); left pending for a retry",
+            delivery.id,
+            delivery.deliveries,
+            limit,
+            type(error).__name__,
+            error,
+        )
+        self._retrying += 1
+        metrics.MESSAGES.labels(outcome="retry").inc()
+        return []
+
+    def _hold(self, batch: Sequence[Delivery]) -> None:
+        """Fault injection for tests (FRAUD_STREAM_FAULT_HOLD_DIR): park the first batch between score and commit.
+
+        The ``.held`` file tells a test that this consumer now holds those messages unacknowledged, so a kill
+        or a reclaim lands mid-batch by construction rather than by timing.
+        """
+        hold_dir = self.config.fault_hold_dir
+        if hold_dir is None or self._held:
+            return
+        self._held = True
+        name = self.config.consumer
+        release = hold_dir / f"{name}.release"
+        tmp = hold_dir / f".{name}.held.tmp"
+        tmp.write_text(json.dumps([d.id for d in batch]))
+        os.replace(tmp, hold_dir / f"{name}.held")
+        log.warning("fault injection: holding a batch of %d before its commit until %s exists", len(batch), release)
+        while not release.exists() and not self.stopping.is_set():
+            self.stopping.wait(0.01)
+        log.warning("fault injection: released; committing the held batch")
 
     def _dead(self, delivery: Delivery, error: Exception) -> DeadLetter:
         fields = dead_letter_fields(

@@ -112,6 +112,23 @@ def test_server_engine_reports_an_unreachable_server(tmp_path: Path, capsys: pyt
     assert "127.0.0.1:9/model failed" in err and "Connection refused" in err
 
 
+def test_spark_engine_overwrites_only_an_output_it_wrote(
+    trained: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("pyspark", reason="pyspark is optional: `make spark` installs requirements-spark.txt + Java")
+    source = tmp_path / "in.parquet"
+    transactions(50, seed=45).to_parquet(source)
+    # Another Spark job's output: _SUCCESS proves only that some Spark job wrote it.
+    foreign = tmp_path / "theirs"
+    foreign.mkdir()
+    (foreign / "_SUCCESS").write_text("")
+    (foreign / "part-00000-theirs.snappy.parquet").write_bytes(b"their data")
+    args = ["--engine", "spark", "--model-version", trained, "--overwrite", "--master", "local[1]"]
+    assert run(source, foreign, *args) == 2
+    assert "not a fraud-batch output" in capsys.readouterr().err
+    assert (foreign / "part-00000-theirs.snappy.parquet").read_bytes() == b"their data"
+
+
 def test_spark_engine_equals_local_engine(trained: str, tmp_path: Path) -> None:
     pytest.importorskip("pyspark", reason="pyspark is optional: `make spark` installs requirements-spark.txt + Java")
     folder = tmp_path / "in"
@@ -121,9 +138,14 @@ def test_spark_engine_equals_local_engine(trained: str, tmp_path: Path) -> None:
     frame.iloc[2_500:].to_parquet(folder / "b.parquet", row_group_size=250)
     local, spark = tmp_path / "local", tmp_path / "spark"
     assert run(folder, local, "--model-version", trained, "--chunk-rows", 1_000, "-q") == 0
+    # The Spark output replaces an older (local engine, smaller chunks) fraud-batch output of its own.
+    assert run(folder, spark, "--model-version", trained, "--chunk-rows", 300, "-q") == 0
     # Small splits so that row numbering across many splits and both files is exercised.
     conf = ["--spark-conf", "spark.sql.files.maxPartitionBytes=20000", "--master", "local[2]"]
-    assert run(folder, spark, "--engine", "spark", "--model-version", trained, *conf) == 0
+    assert run(folder, spark, "--engine", "spark", "--model-version", trained, "--overwrite", *conf) == 0
+    manifest = json.loads((spark / "_manifest.json").read_text())
+    assert (manifest["engine"], manifest["complete"]) == ("spark", True)
+    assert not (spark / "part-00013.parquet").exists(), "a part of the replaced local run survived"
 
     a = pd.read_parquet(local).sort_values("row_number", ignore_index=True)
     b = pd.read_parquet(spark).sort_values("row_number", ignore_index=True)

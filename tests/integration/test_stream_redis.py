@@ -17,13 +17,16 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 
+from fraudserve.errors import Unavailable
+from fraudserve.inference import ScoredBatch
 from fraudserve.local import local_core
 from fraudserve.settings import Settings
 from fraudserve.stream.local_redis import LocalRedis, free_port
-from fraudserve.stream.messages import encode_message
+from fraudserve.stream.messages import decode_message, encode_message
 from fraudserve.stream.producer import generated, produce
 from fraudserve.stream.redis_broker import RedisStreams
 from fraudserve.stream.worker import StreamWorker, WorkerConfig
@@ -79,10 +82,10 @@ class Workers:
         self.logs = logs
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, consumer: str, *args: str) -> subprocess.Popen[bytes]:
+    def start(self, consumer: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{consumer}.log").open("wb")
         cmd = [sys.executable, "-m", "fraudserve.stream.cli", "worker", "--consumer", consumer, *args]
-        proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.procs[consumer] = proc
         return proc
@@ -130,24 +133,36 @@ def scores_by_source(client: redis.Redis, stream: str) -> Counter[str]:
     return Counter(fields["source_id"] for _, fields in client.xrange(stream))
 
 
+def holding(hold_dir: Path) -> dict[str, str]:
+    """Env of a worker that parks its first scored batch before committing it (FRAUD_STREAM_FAULT_HOLD_DIR)."""
+    hold_dir.mkdir(exist_ok=True)
+    return {"FRAUD_STREAM_FAULT_HOLD_DIR": str(hold_dir)}
+
+
+def held_ids(hold_dir: Path, consumer: str) -> list[str]:
+    return list(json.loads((hold_dir / f"{consumer}.held").read_text()))
+
+
 def test_a_consumer_killed_mid_batch_loses_nothing_and_writes_nothing_twice(
-    workers: Workers, streams: dict[str, str], local_redis: LocalRedis
+    workers: Workers, streams: dict[str, str], local_redis: LocalRedis, tmp_path: Path
 ) -> None:
     settings = settings_of(streams)
     client = local_redis.client()
+    hold_dir = tmp_path / "hold"
     fast_claim = ("--claim-idle-ms", "1500", "--claim-interval-ms", "300", "--metrics-port", "0")
     # The victim's batch is small: the survivor retries its messages one at a time (poison isolation).
-    workers.start("victim", "--batch-size", "40", *fast_claim)
+    # It parks its first scored batch before the commit, so the SIGKILL lands mid-batch on any machine.
+    workers.start("victim", "--batch-size", "40", *fast_claim, env=holding(hold_dir))
     workers.start("survivor", "--batch-size", "200", *fast_claim)
     wait_for(started(workers, "victim", "survivor"), 60, "workers", workers)
 
     ids = publish(settings, 4_000, seed=101)
-    wait_for(lambda: client.xlen(settings.stream_output) >= 600, 60, "first scores", workers)
-    wait_for(lambda: pending_of(client, settings.stream_input, "victim") > 0, 30, "the victim's next batch", workers)
+    wait_for(lambda: (hold_dir / "victim.held").exists(), 60, "the victim to hold a scored batch", workers)
     workers.procs["victim"].send_signal(signal.SIGKILL)
     workers.procs["victim"].wait(timeout=10)
     orphaned = [p["message_id"] for p in client.xpending_range(settings.stream_input, GROUP, "-", "+", 1_000, "victim")]
     assert orphaned, "the victim was not killed mid-batch (nothing pending): the test proves nothing"
+    assert sorted(orphaned) == sorted(held_ids(hold_dir, "victim"))
 
     wait_for(lambda: client.xlen(settings.stream_output) >= len(ids), 120, "every score", workers)
     wait_for(lambda: client.xinfo_groups(settings.stream_input)[0]["pending"] == 0, 30, "no pending", workers)
@@ -161,6 +176,46 @@ def test_a_consumer_killed_mid_batch_loses_nothing_and_writes_nothing_twice(
     alerts = {f["source_id"] for _, f in client.xrange(settings.stream_alerts)}
     assert alerts == {s for s, f in by_source.items() if f["is_fraud"] == "1"}
     assert "reclaimed" in workers.log("survivor")
+
+
+def test_a_batch_reclaimed_from_a_live_slow_consumer_is_written_once(
+    workers: Workers, streams: dict[str, str], local_redis: LocalRedis, tmp_path: Path
+) -> None:
+    settings = settings_of(streams)
+    client = local_redis.client()
+    hold_dir = tmp_path / "hold"
+    claim = ("--claim-idle-ms", "1000", "--claim-interval-ms", "200", "--metrics-port", "0")
+    # Published first (the group starts at the oldest message): the slow worker's first read is a full batch.
+    ids = publish(settings, 600, seed=111)
+    workers.start("slow", "--batch-size", "50", *claim, env=holding(hold_dir))
+    wait_for(lambda: (hold_dir / "slow.held").exists(), 60, "the slow worker to hold a scored batch", workers)
+    held = held_ids(hold_dir, "slow")
+    assert len(held) == 50
+
+    workers.start("fast", "--batch-size", "100", *claim)
+    wait_for(lambda: client.xlen(settings.stream_output) >= len(ids), 60, "every score, by the fast worker", workers)
+    wait_for(lambda: client.xinfo_groups(settings.stream_input)[0]["pending"] == 0, 30, "no pending", workers)
+    assert workers.procs["slow"].poll() is None, "the slow worker must be alive: this is not the crash case"
+    assert "reclaimed 50 messages" in workers.log("fast")
+
+    # The slow worker now commits the 50 outcomes it scored before it was overtaken: all of them are refused.
+    (hold_dir / "slow.release").touch()
+    refused = "50 of 50 outcomes were already written"
+    wait_for(
+        lambda: refused in workers.log("slow") or client.xlen(settings.stream_output) > len(ids),
+        30,
+        "the late commit",
+        workers,
+    )
+    scored = scores_by_source(client, settings.stream_output)
+    assert set(scored) == set(ids) and max(scored.values()) == 1, "a message was written twice"
+    by_source = {f["source_id"]: f for _, f in client.xrange(settings.stream_output)}
+    assert {by_source[i]["consumer"] for i in held} == {"fast"}
+    alerts = Counter(f["source_id"] for _, f in client.xrange(settings.stream_alerts))
+    assert not alerts or max(alerts.values()) == 1
+    assert set(alerts) == {s for s, f in by_source.items() if f["is_fraud"] == "1"}
+    assert client.xlen(settings.stream_dead_letter) == 0
+    assert refused in workers.log("slow")
 
 
 def test_two_consumers_share_the_load_and_stop_gracefully(
@@ -257,3 +312,104 @@ def test_bad_and_poison_messages_go_to_the_dead_letter_stream_with_reasons(
     scored = scores_by_source(client, settings.stream_output)
     assert len(scored) == len(records) and max(scored.values()) == 1
     assert not set(scored) & set(letters)
+
+
+def test_a_scoring_failure_not_caused_by_the_message_is_retried_until_max_deliveries(
+    streams: dict[str, str], local_redis: LocalRedis, trained: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_of(streams, model_version=trained, stream_max_deliveries=3)
+    client = local_redis.client()
+    broker = RedisStreams.connect(settings, "in-process")
+    broker.ensure_group()
+    core = local_core(settings)
+    records = generate_transactions(22, seed=404).drop(columns="is_fraud").to_dict("records")
+    ids = broker.publish([encode_message(r, txn_id=i) for i, r in enumerate(records)])
+    (bad_id,) = broker.publish([{"data": "{oops"}])
+    down_id, flaky_id = ids[0], ids[1]
+    down = decode_message(down_id, encode_message(records[0]), core.schema).row
+    flaky = decode_message(flaky_id, encode_message(records[1]), core.schema).row
+
+    attempts: Counter[str] = Counter()
+    pending_at_attempt: list[int] = []
+    real_score = core.score
+
+    async def score(rows: np.ndarray, *, transport: str) -> ScoredBatch:
+        if len(rows) == 1:
+            for name, row in (("down", down), ("flaky", flaky)):
+                if np.array_equal(rows[0], row):
+                    attempts[name] += 1
+                    if name == "down":
+                        pending_at_attempt.append(pending_of(client, settings.stream_input, "in-process"))
+                        raise Unavailable("the model runtime is down")
+                    if attempts[name] == 1:
+                        raise RuntimeError("a transient runtime error")
+        elif any(np.array_equal(r, down) for r in rows):
+            raise Unavailable("the model runtime is down")
+        return await real_score(rows, transport=transport)
+
+    monkeypatch.setattr(core, "score", score)
+    config = WorkerConfig(
+        "in-process", batch_size=64, block_ms=50, claim_idle_ms=300, claim_interval_ms=1, max_deliveries=3
+    )
+    with StreamWorker(broker, core, config) as worker:
+        deadline = time.monotonic() + 30
+        while (
+            client.xinfo_groups(settings.stream_input)[0]["pending"]
+            or client.xinfo_groups(settings.stream_input)[0]["lag"]
+        ):
+            assert time.monotonic() < deadline, "the worker did not finish"
+            worker.step()
+    broker.close()
+
+    letters = {f["source_id"]: f for _, f in client.xrange(settings.stream_dead_letter)}
+    assert set(letters) == {down_id, bad_id}
+    # At fault: at once. Not at fault: after exactly max_deliveries deliveries, with the last error.
+    assert (letters[bad_id]["reason"], letters[bad_id]["field"], letters[bad_id]["deliveries"]) == (
+        "invalid_input",
+        "data",
+        "1",
+    )
+    assert (letters[down_id]["reason"], letters[down_id]["deliveries"]) == ("unavailable", "3")
+    assert letters[down_id]["message"] == "the model runtime is down"
+    assert attempts == {"down": 3, "flaky": 2}
+    assert all(n >= 1 for n in pending_at_attempt), "the failed message was acknowledged between its deliveries"
+    scored = scores_by_source(client, settings.stream_output)
+    assert set(scored) == set(ids) - {down_id} and max(scored.values()) == 1
+
+
+def test_produce_maxlen_never_trims_what_the_group_has_not_acknowledged(
+    streams: dict[str, str], local_redis: LocalRedis
+) -> None:
+    settings = settings_of(streams)
+    client = local_redis.client()
+    broker = RedisStreams.connect(settings, "producer")
+    stream = settings.stream_input
+    # No group yet: nothing was delivered, so nothing may go.
+    report = produce(broker, generated(150, seed=505), maxlen=10)
+    assert (client.xlen(stream), report.trimmed, report.kept_over_maxlen) == (150, 0, 140)
+
+    broker.ensure_group()
+    read = client.xreadgroup(GROUP, "c1", {stream: ">"}, count=30)[0][1]
+    delivered = [mid for mid, _ in read]
+    client.xack(stream, GROUP, *delivered[:20])  # 20 done, 10 pending, 120 never delivered
+    report = produce(broker, generated(50, seed=506), maxlen=10, chunk=25)
+    entries = [mid for mid, _ in client.xrange(stream)]
+    assert entries[0] == delivered[20], "only the 20 acknowledged messages may be trimmed"
+    assert (len(entries), report.trimmed, report.kept_over_maxlen) == (180, 20, 170)
+    # The consumer that held the pending ones died; they are still there to be reclaimed, none trimmed.
+    claimed = client.xautoclaim(stream, GROUP, "c2", 0, "0-0", count=100)
+    assert [mid for mid, _ in claimed[1]] == delivered[20:30] and not claimed[2]
+
+    # Everything delivered, the pending ones not yet acknowledged: the cut stops at the oldest pending one.
+    rest = [mid for mid, _ in client.xreadgroup(GROUP, "c1", {stream: ">"}, count=1_000)[0][1]]
+    client.xack(stream, GROUP, *rest)
+    report = produce(broker, generated(5, seed=507), maxlen=10)
+    assert client.xrange(stream, count=1)[0][0] == delivered[20] and report.kept_over_maxlen == 175
+
+    # All acknowledged: trimmed to exactly maxlen (the 5 new ones are undelivered, so they are kept).
+    client.xack(stream, GROUP, *delivered[20:30])
+    report = produce(broker, generated(1, seed=508), maxlen=10)
+    assert (client.xlen(stream), report.kept_over_maxlen) == (10, 0)
+    group = client.xinfo_groups(stream)[0]
+    assert (group["pending"], group["lag"]) == (0, 6)
+    broker.close()
