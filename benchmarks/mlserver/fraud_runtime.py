@@ -1,0 +1,202 @@
+"""A Seldon MLServer custom runtime serving the fraud ensemble, the peer of benchmarks/online.py.
+
+Runs in MLServer's own venv (scripts/mlserver.sh), which does not have this project: so it reads
+the BentoML model store directly and repeats the little the project does to score (the store
+layout of models/store.py, the member scores of models/members.py, the combine of
+fraudserve/ensemble.py). Layout: ``$BENTOML_HOME/models/<prefix>_<member>/<version>/`` holds
+``model.yaml`` (metadata: ``sha256`` of the artifact, ``link``) and ``model.joblib``, plus
+``model.onnx`` where the ONNX export was stored; ``<prefix>_ensemble/<version>/combiner.json``
+holds members, weights, links, intercept and threshold, and its metadata the feature schema.
+
+A member is scored with onnxruntime (1 intra-op thread) when its ``model.onnx`` is there, as the
+bundle does, and with scikit-learn (1 BLAS/OpenMP thread) otherwise; the choice is printed at load.
+Inputs are the bundle's OIP form: one tensor per feature, shape [n] (categories as BYTES strings).
+Outputs: ``fraud_probability``, ``is_fraud`` and ``<member>_score``, as the bundle answers.
+
+model-settings.json ``parameters``: ``version`` (a store version or ``latest``), and in ``extra``:
+``bentoml_home`` (default $BENTOML_HOME, else ~/bentoml), ``prefix`` (default ``fraud``),
+``threads`` (default 1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import yaml
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.errors import MLServerError
+from mlserver.types import InferenceRequest, InferenceResponse
+from threadpoolctl import threadpool_limits
+
+logger = logging.getLogger("fraud_runtime")
+
+JOBLIB = "model.joblib"
+ONNX = "model.onnx"
+COMBINER = "combiner.json"
+# Metadata keys that may hold the ONNX file's sha256 (the export stores it next to the joblib one).
+ONNX_SHA256_KEYS = ("onnx_sha256", "sha256_onnx")
+_EPS = 1e-6
+
+
+class ModelStoreError(MLServerError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status_code=500)
+
+
+class BadInput(MLServerError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status_code=400)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_metadata(folder: Path) -> dict[str, Any]:
+    info = yaml.safe_load((folder / "model.yaml").read_text())
+    return dict(info.get("metadata") or {})
+
+
+def verified(folder: Path, name: str, expected: str | None) -> Path:
+    path = folder / name
+    if not path.is_file():
+        raise ModelStoreError(f"{folder}: {name} is missing")
+    if not expected or sha256_file(path) != expected:
+        raise ModelStoreError(f"{folder}: {name} does not match its recorded sha256; refusing to load")
+    return path
+
+
+def resolve_version(models_dir: Path, name: str, version: str) -> str:
+    if version == "latest":
+        return (models_dir / name / "latest").read_text().strip()
+    return version
+
+
+class OnnxMember:
+    runtime = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        first = self.session.get_inputs()[0]
+        self.input_name = first.name
+        self.dtype = np.float64 if first.type == "tensor(double)" else np.float32
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        out = self.session.run(None, {self.input_name: x.astype(self.dtype, copy=False)})[0]
+        return np.asarray(out, dtype=np.float64).reshape(-1)
+
+
+class SklearnMember:
+    runtime = "scikit-learn"
+
+    def __init__(self, path: Path, link: str) -> None:
+        self.estimator = joblib.load(path)
+        self.link = link
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        if self.link == "logit":
+            return np.asarray(self.estimator.predict_proba(x)[:, 1], dtype=np.float64)
+        # score_samples is higher for normal rows; the ensemble reads "higher = stranger".
+        return np.asarray(-self.estimator.score_samples(x), dtype=np.float64)
+
+
+class FraudEnsembleRuntime(MLModel):
+    async def load(self) -> bool:
+        params = self.settings.parameters
+        extra: dict[str, Any] = dict((params.extra if params else None) or {})
+        home = Path(extra.get("bentoml_home") or os.environ.get("BENTOML_HOME") or Path.home() / "bentoml")
+        prefix = str(extra.get("prefix") or "fraud")
+        threads = int(extra.get("threads") or 1)
+        models_dir = home / "models"
+        version = resolve_version(models_dir, f"{prefix}_ensemble", (params.version if params else None) or "latest")
+
+        ensemble_dir = models_dir / f"{prefix}_ensemble" / version
+        ensemble_meta = read_metadata(ensemble_dir)
+        combiner = json.loads(verified(ensemble_dir, COMBINER, ensemble_meta.get("sha256")).read_text())
+        schema = json.loads(ensemble_meta["schema"])
+        self.features: list[dict[str, Any]] = list(schema["features"])
+        self.categories = {
+            f["name"]: {c: float(i) for i, c in enumerate(f["categories"])}
+            for f in self.features
+            if f["kind"] == "category"
+        }
+        self.members: list[str] = list(combiner["members"])
+        self.weights = {k: float(v) for k, v in combiner["weights"].items()}
+        self.links = {k: str(v) for k, v in combiner["links"].items()}
+        self.intercept = float(combiner["intercept"])
+        self.threshold = float(combiner["threshold"])
+
+        # The bundle's runners use one thread each; so does this, whichever library scores.
+        threadpool_limits(limits=threads)
+        self.scorers: dict[str, OnnxMember | SklearnMember] = {}
+        for member in self.members:
+            folder = models_dir / f"{prefix}_{member}" / version
+            meta = read_metadata(folder)
+            if (folder / ONNX).is_file():
+                expected = next((str(meta[k]) for k in ONNX_SHA256_KEYS if meta.get(k)), None)
+                self.scorers[member] = OnnxMember(verified(folder, ONNX, expected), threads)
+            else:
+                path = verified(folder, JOBLIB, meta.get("sha256"))
+                self.scorers[member] = SklearnMember(path, self.links[member])
+        self.store_version = version
+        self.member_runtimes = {m: s.runtime for m, s in self.scorers.items()}
+        # online.py reads this line from the server log into its results.
+        print(f"FRAUD_RUNTIME version={version} members={json.dumps(self.member_runtimes)}", flush=True)
+        logger.info("fraud ensemble %s loaded: %s", version, self.member_runtimes)
+        return True
+
+    def _matrix(self, payload: InferenceRequest) -> np.ndarray:
+        by_name = {i.name: i for i in payload.inputs}
+        columns = []
+        for f in self.features:
+            tensor = by_name.get(f["name"])
+            if tensor is None:
+                raise BadInput(f"missing input {f['name']!r}")
+            data = getattr(tensor.data, "root", tensor.data)
+            if f["kind"] == "category":
+                table = self.categories[f["name"]]
+                try:
+                    columns.append([table[v.decode() if isinstance(v, bytes) else v] for v in data])
+                except KeyError as exc:
+                    raise BadInput(f"{f['name']}: unknown category {exc.args[0]!r}") from None
+            else:
+                columns.append(np.asarray(data, dtype=np.float64).reshape(-1))
+        return np.column_stack(columns).astype(np.float64, copy=False)
+
+    def _combine(self, scores: dict[str, np.ndarray]) -> np.ndarray:
+        z = np.full(len(next(iter(scores.values()))), self.intercept, dtype=np.float64)
+        for member, weight in self.weights.items():
+            s = scores[member]
+            if self.links[member] == "logit":
+                p = np.clip(s, _EPS, 1.0 - _EPS)
+                s = np.log(p / (1.0 - p))
+            z += weight * s
+        return 1.0 / (1.0 + np.exp(-z))
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        x = self._matrix(payload)
+        scores = {m: s.score(x) for m, s in self.scorers.items()}
+        probability = self._combine(scores)
+        outputs = [
+            NumpyCodec.encode_output("fraud_probability", probability),
+            NumpyCodec.encode_output("is_fraud", probability >= self.threshold),
+            *(NumpyCodec.encode_output(f"{m}_score", s) for m, s in scores.items()),
+        ]
+        return InferenceResponse(id=payload.id, model_name=self.name, model_version=self.store_version, outputs=outputs)
