@@ -4,6 +4,7 @@
 #   redis  redis-server (streaming worker and its tests)
 #   java   openjdk-17-jre-headless (Spark engine)
 #   image  buildah podman runc skopeo mmdebstrap uidmap curl (OCI image without a Docker daemon)
+#   bench  wrk (HTTP load generator) and sysstat (pidstat) for benchmarks/online.py
 set -euo pipefail
 
 declare -A GROUPS_=(
@@ -11,12 +12,14 @@ declare -A GROUPS_=(
     [redis]="redis-server"
     [java]="openjdk-17-jre-headless"
     [image]="buildah podman runc skopeo mmdebstrap uidmap fuse-overlayfs curl"
+    [bench]="wrk sysstat"
 )
 declare -A PROBE=(
     [venv]="python3 -c 'import venv, ensurepip'"
     [redis]="command -v redis-server"
     [java]="command -v java"
     [image]="command -v buildah && command -v podman && command -v mmdebstrap && command -v curl"
+    [bench]="command -v wrk && command -v pidstat"
 )
 
 missing=()
