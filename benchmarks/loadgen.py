@@ -68,7 +68,8 @@ class Point:
 def lua_long_string(text: str) -> str:
     """``text`` as a Lua long bracket string, with a level of ``=`` the text itself never contains."""
     level = 0
-    while f"]{'=' * level}]" in text:
+    # A trailing "]=" would join the closing bracket too.
+    while f"]{'=' * level}]" in text or text.endswith(f"]{'=' * level}"):
         level += 1
     eq = "=" * level
     return f"[{eq}[{text}]{eq}]"
