@@ -53,6 +53,7 @@ import httpx
 from benchmarks import loadgen, payloads
 from benchmarks.grpc_load import METHOD, pack
 from benchmarks.loadgen import Point
+from benchmarks.mlserver import fraud_store
 from benchmarks.peers import MLServerPeer, process_roles, project_env, trivial_server
 from fraudserve.launcher import PROJECT_ROOT, BundleServer
 from fraudserve.schema import FeatureSchema
@@ -247,7 +248,7 @@ def measure_mlserver(
     bench: Bench, args: argparse.Namespace, home: Path, version: str, report: dict[str, Any]
 ) -> list[Point]:
     points: list[Point] = []
-    with MLServerPeer(args.mlserver_venv, home, version) as peer:
+    with MLServerPeer(args.mlserver_venv, home, version, report["member_runtime"]) as peer:
         report["mlserver"] = peer.member_runtimes()
         print(f"  MLServer runtime: {report['mlserver']}", flush=True)
         bench.check_rest(peer.url, f"/v2/models/{MODEL}/infer", "oip")
@@ -287,15 +288,6 @@ def versions(args: argparse.Namespace) -> dict[str, str]:
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         banner = subprocess.run(["wrk", "-v"], capture_output=True, text=True, timeout=10).stdout
         out["wrk"] = banner.split("[")[0].strip().removeprefix("wrk ").strip()
-    return out
-
-
-def member_artifacts(home: Path, prefix: str, members: Sequence[str], version: str) -> dict[str, str]:
-    """Which artifact each member has in the store (what a server can load): onnx+joblib or joblib."""
-    out = {}
-    for m in members:
-        folder = home / "models" / f"{prefix}_{m}" / version
-        out[m] = "model.onnx + model.joblib" if (folder / "model.onnx").is_file() else "model.joblib"
     return out
 
 
@@ -352,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     home = _store_home()
     version = store.resolve_version(settings.model_prefix, settings.model_version)
     spec = store.load_ensemble(settings.model_prefix, version)
+    # A bundle without the member-runtime setting predates ONNX serving: it scores with scikit-learn.
+    member_runtime = str(getattr(settings, "member_runtime", "sklearn"))
     report: dict[str, Any] = {
         "machine": {
             "nproc": os.cpu_count(),
@@ -361,7 +355,9 @@ def main(argv: list[str] | None = None) -> int:
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": versions(args),
         "model_version": version,
-        "member_artifacts": member_artifacts(home, settings.model_prefix, spec.members, version),
+        "member_runtime": member_runtime,
+        # What the bundle's rules pick for each member from the store (the peer applies the same rules).
+        "member_runtimes_expected": fraud_store.runtimes(home, settings.model_prefix, version, member_runtime),
         "api_workers": settings.api_workers,
         "settings": {
             "connections": args.connections,
@@ -378,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
             },
         },
     }
-    print(f"model {version}, artifacts {report['member_artifacts']}, {settings.api_workers} API worker(s)", flush=True)
+    expected = {m: r["runtime"] for m, r in report["member_runtimes_expected"].items()}
+    print(f"model {version}, member runtimes {expected}, {settings.api_workers} API worker(s)", flush=True)
     points: list[Point] = []
     with _terminate_as_interrupt(), tempfile.TemporaryDirectory(prefix="bench-online-") as tmp:
         bench = Bench(args, spec.schema, Path(tmp))

@@ -28,7 +28,7 @@ from fraudserve.launcher import PROJECT_ROOT, BundleServer, free_port
 
 MLSERVER_DIR = Path(__file__).resolve().parent / "mlserver"
 MODEL_NAME = "fraud_ensemble"
-_RUNTIME_LINE = re.compile(r"FRAUD_RUNTIME version=(\S+) members=(\{.*\})")
+_RUNTIME_LINE = re.compile(r"FRAUD_RUNTIME version=(\S+) members=(\{.*?\}) reasons=(\{.*\})")
 
 
 def trivial_server(bentoml_home: Path, workers: int) -> BundleServer:
@@ -39,19 +39,21 @@ def trivial_server(bentoml_home: Path, workers: int) -> BundleServer:
     )
 
 
-def model_settings(version: str, bentoml_home: Path) -> dict[str, Any]:
-    """benchmarks/mlserver/model-settings.json with the version and the model store of this run filled in."""
+def model_settings(version: str, bentoml_home: Path, member_runtime: str) -> dict[str, Any]:
+    """benchmarks/mlserver/model-settings.json with this run's version, model store and member runtime."""
     settings: dict[str, Any] = json.loads((MLSERVER_DIR / "model-settings.json").read_text())
     parameters = settings.setdefault("parameters", {})
     parameters["version"] = version
-    parameters.setdefault("extra", {})["bentoml_home"] = str(bentoml_home)
+    parameters.setdefault("extra", {}).update(bentoml_home=str(bentoml_home), member_runtime=member_runtime)
     return settings
 
 
 class MLServerPeer:
     """``mlserver start`` of a temporary model repository holding the fraud ensemble (fraud_runtime.py)."""
 
-    def __init__(self, venv: Path, bentoml_home: Path, version: str, *, ready_timeout_s: float = 180.0) -> None:
+    def __init__(
+        self, venv: Path, bentoml_home: Path, version: str, member_runtime: str, *, ready_timeout_s: float = 180.0
+    ) -> None:
         self.venv = venv.resolve()
         self.port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -70,7 +72,7 @@ class MLServerPeer:
         }
         (self.root / "settings.json").write_text(json.dumps(server_settings, indent=2))
         (self.root / MODEL_NAME / "model-settings.json").write_text(
-            json.dumps(model_settings(version, bentoml_home), indent=2)
+            json.dumps(model_settings(version, bentoml_home, member_runtime), indent=2)
         )
         self.log_path = self.root / "mlserver.log"
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
@@ -114,7 +116,7 @@ class MLServerPeer:
         match = _RUNTIME_LINE.search(self.log_path.read_text(errors="replace"))
         if match is None:
             return {}
-        return {"version": match.group(1), "members": json.loads(match.group(2))}
+        return {"version": match.group(1), "members": json.loads(match.group(2)), "reasons": json.loads(match.group(3))}
 
     def pids(self) -> list[int]:
         if self.process is None:

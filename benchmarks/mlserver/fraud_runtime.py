@@ -1,35 +1,32 @@
 """A Seldon MLServer custom runtime serving the fraud ensemble, the peer of benchmarks/online.py.
 
-Runs in MLServer's own venv (scripts/mlserver.sh), which does not have this project: so it reads
-the BentoML model store directly and repeats the little the project does to score (the store
-layout of models/store.py, the member scores of models/members.py, the combine of
-fraudserve/ensemble.py). Layout: ``$BENTOML_HOME/models/<prefix>_<member>/<version>/`` holds
-``model.yaml`` (metadata: ``sha256`` of the artifact, ``link``) and ``model.joblib``, plus
-``model.onnx`` where the ONNX export was stored; ``<prefix>_ensemble/<version>/combiner.json``
-holds members, weights, links, intercept and threshold, and its metadata the feature schema.
+Runs in MLServer's own venv (scripts/mlserver.sh), which does not have this project: it reads the
+BentoML model store through fraud_store.py (same layout, same sha256 checks, same ONNX-or-
+scikit-learn choice as the bundle) and repeats the little the project does to score: the member
+scores of models/members.py and the combine of fraudserve/ensemble.py.
 
-A member is scored with onnxruntime (1 intra-op thread) when its ``model.onnx`` is there, as the
-bundle does, and with scikit-learn (1 BLAS/OpenMP thread) otherwise; the choice is printed at load.
-Inputs are the bundle's OIP form: one tensor per feature, shape [n] (categories as BYTES strings).
-Outputs: ``fraud_probability``, ``is_fraud`` and ``<member>_score``, as the bundle answers.
+A member is scored with onnxruntime (1 intra-op thread) on its verified ``model.onnx``, as the
+bundle does, and with scikit-learn (1 BLAS/OpenMP thread) where the bundle would fall back to it;
+the choice is printed at load. Inputs are the bundle's OIP form: one tensor per feature, shape [n]
+(categories as BYTES strings). Outputs: ``fraud_probability``, ``is_fraud`` and ``<member>_score``,
+as the bundle answers.
 
 model-settings.json ``parameters``: ``version`` (a store version or ``latest``), and in ``extra``:
 ``bentoml_home`` (default $BENTOML_HOME, else ~/bentoml), ``prefix`` (default ``fraud``),
-``threads`` (default 1).
+``member_runtime`` (``onnx``, the bundle's default, or ``sklearn``), ``threads`` (default 1).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
+import fraud_store
 import joblib
 import numpy as np
-import yaml
 from mlserver import MLModel
 from mlserver.codecs import NumpyCodec
 from mlserver.errors import MLServerError
@@ -37,18 +34,7 @@ from mlserver.types import InferenceRequest, InferenceResponse
 from threadpoolctl import threadpool_limits
 
 logger = logging.getLogger("fraud_runtime")
-
-JOBLIB = "model.joblib"
-ONNX = "model.onnx"
-COMBINER = "combiner.json"
-# Metadata keys that may hold the ONNX file's sha256 (the export stores it next to the joblib one).
-ONNX_SHA256_KEYS = ("onnx_sha256", "sha256_onnx")
 _EPS = 1e-6
-
-
-class ModelStoreError(MLServerError):
-    def __init__(self, message: str) -> None:
-        super().__init__(message, status_code=500)
 
 
 class BadInput(MLServerError):
@@ -56,36 +42,8 @@ class BadInput(MLServerError):
         super().__init__(message, status_code=400)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def read_metadata(folder: Path) -> dict[str, Any]:
-    info = yaml.safe_load((folder / "model.yaml").read_text())
-    return dict(info.get("metadata") or {})
-
-
-def verified(folder: Path, name: str, expected: str | None) -> Path:
-    path = folder / name
-    if not path.is_file():
-        raise ModelStoreError(f"{folder}: {name} is missing")
-    if not expected or sha256_file(path) != expected:
-        raise ModelStoreError(f"{folder}: {name} does not match its recorded sha256; refusing to load")
-    return path
-
-
-def resolve_version(models_dir: Path, name: str, version: str) -> str:
-    if version == "latest":
-        return (models_dir / name / "latest").read_text().strip()
-    return version
-
-
 class OnnxMember:
-    runtime = "onnxruntime"
+    runtime = "onnx"
 
     def __init__(self, path: Path, threads: int) -> None:
         import onnxruntime as ort
@@ -104,7 +62,7 @@ class OnnxMember:
 
 
 class SklearnMember:
-    runtime = "scikit-learn"
+    runtime = "sklearn"
 
     def __init__(self, path: Path, link: str) -> None:
         self.estimator = joblib.load(path)
@@ -123,15 +81,12 @@ class FraudEnsembleRuntime(MLModel):
         extra: dict[str, Any] = dict((params.extra if params else None) or {})
         home = Path(extra.get("bentoml_home") or os.environ.get("BENTOML_HOME") or Path.home() / "bentoml")
         prefix = str(extra.get("prefix") or "fraud")
+        preferred = str(extra.get("member_runtime") or "onnx")
         threads = int(extra.get("threads") or 1)
-        models_dir = home / "models"
-        version = resolve_version(models_dir, f"{prefix}_ensemble", (params.version if params else None) or "latest")
+        version = fraud_store.resolve_version(home, prefix, (params.version if params else None) or "latest")
 
-        ensemble_dir = models_dir / f"{prefix}_ensemble" / version
-        ensemble_meta = read_metadata(ensemble_dir)
-        combiner = json.loads(verified(ensemble_dir, COMBINER, ensemble_meta.get("sha256")).read_text())
-        schema = json.loads(ensemble_meta["schema"])
-        self.features: list[dict[str, Any]] = list(schema["features"])
+        combiner = fraud_store.ensemble(home, prefix, version)
+        self.features: list[dict[str, Any]] = list(combiner["schema"]["features"])
         self.categories = {
             f["name"]: {c: float(i) for i, c in enumerate(f["categories"])}
             for f in self.features
@@ -146,20 +101,26 @@ class FraudEnsembleRuntime(MLModel):
         # The bundle's runners use one thread each; so does this, whichever library scores.
         threadpool_limits(limits=threads)
         self.scorers: dict[str, OnnxMember | SklearnMember] = {}
+        reasons: dict[str, str] = {}
         for member in self.members:
-            folder = models_dir / f"{prefix}_{member}" / version
-            meta = read_metadata(folder)
-            if (folder / ONNX).is_file():
-                expected = next((str(meta[k]) for k in ONNX_SHA256_KEYS if meta.get(k)), None)
-                self.scorers[member] = OnnxMember(verified(folder, ONNX, expected), threads)
-            else:
-                path = verified(folder, JOBLIB, meta.get("sha256"))
-                self.scorers[member] = SklearnMember(path, self.links[member])
+            folder = fraud_store.model_dir(home, prefix, member, version)
+            choice = fraud_store.choose(folder, preferred)
+            if choice.runtime == "onnx":
+                try:
+                    self.scorers[member] = OnnxMember(choice.path, threads)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - onnxruntime's own errors; the bundle falls back too
+                    choice = fraud_store.sklearn_choice(folder, f"onnxruntime cannot load {choice.path.name}: {exc}")
+            if choice.reason:
+                reasons[member] = choice.reason
+            self.scorers[member] = SklearnMember(choice.path, self.links[member])
         self.store_version = version
-        self.member_runtimes = {m: s.runtime for m, s in self.scorers.items()}
+        runtimes = {m: s.runtime for m, s in self.scorers.items()}
         # online.py reads this line from the server log into its results.
-        print(f"FRAUD_RUNTIME version={version} members={json.dumps(self.member_runtimes)}", flush=True)
-        logger.info("fraud ensemble %s loaded: %s", version, self.member_runtimes)
+        print(
+            f"FRAUD_RUNTIME version={version} members={json.dumps(runtimes)} reasons={json.dumps(reasons)}", flush=True
+        )
+        logger.info("fraud ensemble %s loaded: %s %s", version, runtimes, reasons)
         return True
 
     def _matrix(self, payload: InferenceRequest) -> np.ndarray:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 from benchmarks import loadgen, payloads
 from benchmarks.grpc_load import pack, unpack
 from benchmarks.loadgen import Point
+from benchmarks.mlserver import fraud_store
 from benchmarks.peers import model_settings, role_of
 from fraudserve.oip.proto import grpc_service_pb2 as pb
 from models.transactions import TRANSACTION_SCHEMA, generate_transactions
@@ -173,10 +176,15 @@ def test_the_three_protocols_carry_the_same_row() -> None:
 
 
 def test_mlserver_model_settings_keep_the_batching_and_take_this_runs_store() -> None:
-    settings = model_settings("v123", Path("/store"))
+    settings = model_settings("v123", Path("/store"), "sklearn")
     assert (settings["max_batch_size"], settings["max_batch_time"]) == (64, 0.005)
     assert settings["parameters"]["version"] == "v123"
-    assert settings["parameters"]["extra"]["bentoml_home"] == "/store"
+    assert settings["parameters"]["extra"] == {
+        "bentoml_home": "/store",
+        "member_runtime": "sklearn",
+        "prefix": "fraud",
+        "threads": 1,
+    }
     assert settings["implementation"] == "fraud_runtime.FraudEnsembleRuntime"
 
 
@@ -186,3 +194,42 @@ def test_bentoml_workers_are_named_by_service_and_worker_id() -> None:
     assert role_of(["python", "-m", "x", "--worker-id", "2"], "python") == "entry service worker 2"
     assert role_of(["wrk", "-c", "64"], "wrk") == "wrk"
     assert role_of(["bentoml", "serve"], "bentoml", is_root=True) == "bentoml (supervisor)"
+
+
+def _member(folder: Path, *, onnx: dict[str, object] | None, joblib_sha: str | None = None) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "model.joblib").write_bytes(b"pickled")
+    (folder / "model.onnx").write_bytes(b"graph")
+    meta: dict[str, object] = {"sha256": joblib_sha or fraud_store.sha256_file(folder / "model.joblib")}
+    if onnx is not None:
+        meta["onnx"] = onnx
+    (folder / "model.yaml").write_text(yaml.safe_dump({"name": "fraud_hgb", "metadata": meta}))
+    return folder
+
+
+def test_the_peer_picks_onnx_only_when_recorded_parity_checked_and_intact(tmp_path: Path) -> None:
+    graph_sha = hashlib.sha256(b"graph").hexdigest()
+    good = {"file": "model.onnx", "sha256": graph_sha, "parity": {"ok": True}}
+    assert fraud_store.choose(_member(tmp_path / "ok", onnx=good)).runtime == "onnx"
+    assert fraud_store.choose(_member(tmp_path / "asked", onnx=good), "sklearn") == fraud_store.Choice(
+        "sklearn", tmp_path / "asked" / "model.joblib"
+    )
+    fallbacks = {
+        "none": None,
+        "reason": {"reason": "not convertible"},
+        "parity": {"file": "model.onnx", "sha256": graph_sha, "parity": {"ok": False}},
+        "tampered": {"file": "model.onnx", "sha256": "0" * 64, "parity": {"ok": True}},
+    }
+    reasons = {}
+    for name, info in fallbacks.items():
+        choice = fraud_store.choose(_member(tmp_path / name, onnx=info))
+        assert choice.runtime == "sklearn" and choice.path.name == "model.joblib"
+        reasons[name] = choice.reason or ""
+    assert "no ONNX export recorded" in reasons["none"] and "not convertible" in reasons["reason"]
+    assert "parity" in reasons["parity"] and "sha256" in reasons["tampered"]
+
+
+def test_the_peer_never_loads_a_joblib_that_fails_its_sha256(tmp_path: Path) -> None:
+    folder = _member(tmp_path / "bad", onnx=None, joblib_sha="0" * 64)
+    with pytest.raises(fraud_store.StoreError, match="sha256"):
+        fraud_store.choose(folder)
