@@ -20,7 +20,8 @@ that in Go), with a Lua script cycling through the seeded bodies; benchmarks/grp
 (a grpc.aio loop over N channels sending pre-serialised requests, in its own process; Debian has no
 ghz); benchmarks/openloop.py for the fixed rate (open loop: hey -q paces each worker but stays a
 closed loop, Debian has no wrk2). Each closed-loop point: a warm-up, then the measured run. During
-the bundle's 64-connection /predict point pidstat samples every process of the bundle and wrk.
+the 64-connection /predict point of the bundle (and REST point of MLServer) pidstat samples every
+process of the server and wrk.
 
 Writes benchmarks/results/online.json and prints a markdown table with, per bundle row, its
 throughput ratio to MLServer on the same kind of transport (REST to REST, gRPC to gRPC, and gRPC
@@ -135,15 +136,16 @@ class Bench:
         script: str,
         connections: int,
         cpu_of: int | None = None,
+        root_role: str | None = None,
     ) -> Point:
-        """A closed-loop wrk point; with ``cpu_of`` (a server's root pid) pidstat samples it and wrk meanwhile."""
+        """A closed-loop wrk point; with ``cpu_of`` (a server's root pid) pidstat samples its processes and wrk."""
         if self.args.warmup_s > 0:
             _communicate(self._wrk(base_url, script, connections, self.args.warmup_s), self.args.warmup_s)
         wrk = self._wrk(base_url, script, connections, self.args.duration_s)
         pidstat = None
         roles: dict[int, str] = {}
         if cpu_of is not None and shutil.which("pidstat"):
-            roles = process_roles(cpu_of)
+            roles = process_roles(cpu_of, root_role=root_role)
             roles[wrk.pid] = "wrk (load generator)"
             samples = max(1, int(self.args.duration_s) - 1)
             pidstat = subprocess.Popen(
@@ -254,7 +256,9 @@ def measure_mlserver(
         bench.check_rest(peer.url, f"/v2/models/{MODEL}/infer", "oip")
         bench.check_grpc(f"127.0.0.1:{peer.grpc_port}")
         for c in args.connections:
-            points.append(bench.rest(MLSERVER, "REST", peer.url, "oip", c))
+            cpu_of = peer.process.pid if (c == max(args.connections) and peer.process) else None
+            front = "mlserver front (REST, gRPC, batching)"
+            points.append(bench.rest(MLSERVER, "REST", peer.url, "oip", c, cpu_of=cpu_of, root_role=front))
             _show(points[-1])
         for c in args.connections:
             points.append(bench.grpc(MLSERVER, f"127.0.0.1:{peer.grpc_port}", c))
@@ -403,16 +407,16 @@ def main(argv: list[str] | None = None) -> int:
         f" {machine['load_avg_after'][0]} after"
     )
     print(loadgen.table(rows))
-    cpu = next((p.extra["cpu"] for p in points if "cpu" in p.extra), None)
-    if cpu:
-        print(
-            f"\nCPU per process, bundle REST /predict at {max(args.connections)} connections (pidstat, % of one core):"
-        )
-        for r in cpu:
+    for p in points:
+        if "cpu" in p.extra:
             print(
-                f"  {r['role']:32s} {r['cpu_pct']:6.1f} %  (usr {r['usr_pct']:.1f}, sys {r['system_pct']:.1f},"
-                f" waiting for a CPU {r['wait_pct']:.1f})"
+                f"\nCPU per process, {p.target} {p.transport} at {p.connections} connections (pidstat, % of one core):"
             )
+            for r in p.extra["cpu"]:
+                print(
+                    f"  {r['role']:38s} {r['cpu_pct']:6.1f} %  (usr {r['usr_pct']:.1f}, sys {r['system_pct']:.1f},"
+                    f" waiting for a CPU {r['wait_pct']:.1f})"
+                )
     print(f"wrote {args.out}")
     return 0
 

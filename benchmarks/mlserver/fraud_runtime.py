@@ -98,7 +98,8 @@ class FraudEnsembleRuntime(MLModel):
         self.intercept = float(combiner["intercept"])
         self.threshold = float(combiner["threshold"])
 
-        # The bundle's runners use one thread each; so does this, whichever library scores.
+        # The bundle's runners use one thread each; so does this, whichever library scores. This call
+        # covers BLAS; OpenMP (HGB) is per thread and set by OMP_NUM_THREADS (benchmarks/peers.py).
         threadpool_limits(limits=threads)
         self.scorers: dict[str, OnnxMember | SklearnMember] = {}
         reasons: dict[str, str] = {}
