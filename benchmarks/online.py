@@ -204,7 +204,7 @@ class Bench:
 def _communicate(process: subprocess.Popen[str], duration_s: float) -> str:
     try:
         out, err = process.communicate(timeout=duration_s + 60)
-    except subprocess.TimeoutExpired:
+    except BaseException:  # a timeout, Ctrl-C or SIGTERM: the client must not outlive the run
         process.kill()
         process.communicate()
         raise
@@ -341,7 +341,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    try:
+        return run(parse_args(argv))
+    except KeyboardInterrupt:
+        print("\ninterrupted: every server and load client was stopped; no results written", file=sys.stderr)
+        return 130
+
+
+def run(args: argparse.Namespace) -> int:
     from models import store
 
     settings = Settings()
