@@ -87,9 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     requests = unpack(args.requests.read_bytes())
     if args.warmup_s > 0:
         asyncio.run(drive(args.target, requests, args.connections, args.warmup_s, args.timeout_s))
+    cpu_started = time.process_time()
     latencies, codes, elapsed = asyncio.run(
         drive(args.target, requests, args.connections, args.duration_s, args.timeout_s)
     )
+    cpu_s = time.process_time() - cpu_started
     print(
         json.dumps(
             {
@@ -100,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                 "req_per_s": len(latencies) / elapsed if elapsed > 0 else 0.0,
                 "p50_ms": percentile_ms(latencies, 50),
                 "p99_ms": percentile_ms(latencies, 99),
+                # Near 100 the client itself was the bottleneck (it has one core at most).
+                "client_cpu_pct": 100.0 * cpu_s / elapsed if elapsed > 0 else 0.0,
             }
         )
     )

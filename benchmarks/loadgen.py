@@ -152,6 +152,18 @@ def parse_pidstat(output: str, roles: Mapping[int, str]) -> list[dict[str, Any]]
     return rows
 
 
+def client_warnings(point: Point, *, max_client_cpu_pct: float = 80.0, min_sent_share: float = 0.95) -> list[str]:
+    """Signs that the load client, not the server, limited a point: a busy client, or a missed send schedule."""
+    warnings = []
+    cpu = point.extra.get("client_cpu_pct")
+    if cpu is not None and cpu > max_client_cpu_pct:
+        warnings.append(f"the load client used {cpu:.0f} % of a core: it may have been the bottleneck")
+    sent = point.extra.get("sent_rate")
+    if point.offered_rate and sent is not None and sent < min_sent_share * point.offered_rate:
+        warnings.append(f"the client sent {sent:.0f} req/s of the {point.offered_rate:.0f} offered (starved of CPU)")
+    return warnings
+
+
 def ratio(numerator: float, denominator: float | None) -> float | None:
     if denominator is None or denominator <= 0 or math.isnan(denominator) or math.isnan(numerator):
         return None

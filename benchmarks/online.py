@@ -14,9 +14,9 @@ Single-row requests, one server at a time (the others are not running), on free 
 3. benchmarks/trivial_service.py (returns a constant, as many workers as the bundle's API): the
    ceiling of BentoML itself.
 
-Load generators: wrk for every REST point (compiled C, one event-loop thread, a few microseconds of
-CPU per request, so on a 2-core machine it takes the least from the server; hey spends several times
-that in Go), with a Lua script cycling through the seeded bodies; benchmarks/grpc_load.py for gRPC
+Load generators: wrk for every REST point (compiled C, one event-loop thread: ~0.1 ms of CPU per
+request on this VM vs 0.3-0.45 ms for hey, so on a 2-core machine it takes the least from the
+server), with a Lua script cycling through the seeded bodies; benchmarks/grpc_load.py for gRPC
 (a grpc.aio loop over N channels sending pre-serialised requests, in its own process; Debian has no
 ghz); benchmarks/openloop.py for the fixed rate (open loop: hey -q paces each worker but stays a
 closed loop, Debian has no wrk2). Each closed-loop point: a warm-up, then the measured run. During
@@ -177,7 +177,7 @@ class Bench:
             errors=raw["errors"],
             requests=raw["ok"] + raw["errors"],
             duration_s=raw["duration_s"],
-            extra={"codes": raw["codes"]},
+            extra={"codes": raw["codes"], "client_cpu_pct": raw["client_cpu_pct"]},
         )
 
     def open_loop(self, target: str, url: str) -> Point:
@@ -197,7 +197,7 @@ class Bench:
             requests=raw["sent"],
             duration_s=raw["duration_s"],
             offered_rate=raw["offered_rate"],
-            extra={k: raw[k] for k in ("sent_rate", "max_send_lag_ms", "statuses")},
+            extra={k: raw[k] for k in ("sent_rate", "max_send_lag_ms", "statuses", "client_cpu_pct")},
         )
 
 
@@ -220,6 +220,8 @@ def _show(point: Point) -> None:
         f"  p50 {point.p50_ms:8.1f} ms  p99 {point.p99_ms:8.1f} ms  errors {point.errors}",
         flush=True,
     )
+    for warning in loadgen.client_warnings(point):
+        print(f"    warning: {warning}", flush=True)
 
 
 def measure_bundle(bench: Bench, args: argparse.Namespace, home: Path, report: dict[str, Any]) -> list[Point]:

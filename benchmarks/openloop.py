@@ -96,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     bodies = [b.encode() for b in json.loads(args.bodies.read_text())]
     if args.warmup_s > 0:
         asyncio.run(drive(args.url, bodies, args.rate, args.warmup_s, args.max_inflight, args.timeout_s))
-    print(
-        json.dumps(asyncio.run(drive(args.url, bodies, args.rate, args.duration_s, args.max_inflight, args.timeout_s)))
-    )
+    cpu_started = time.process_time()
+    result = asyncio.run(drive(args.url, bodies, args.rate, args.duration_s, args.max_inflight, args.timeout_s))
+    result["client_cpu_pct"] = 100.0 * (time.process_time() - cpu_started) / result["duration_s"]
+    print(json.dumps(result))
     return 0
 
 

@@ -233,3 +233,15 @@ def test_the_peer_never_loads_a_joblib_that_fails_its_sha256(tmp_path: Path) -> 
     folder = _member(tmp_path / "bad", onnx=None, joblib_sha="0" * 64)
     with pytest.raises(fraud_store.StoreError, match="sha256"):
         fraud_store.choose(folder)
+
+
+def test_a_busy_or_late_client_is_flagged() -> None:
+    fine = _point("B", "OIP gRPC", 64, 100.0)
+    fine.extra["client_cpu_pct"] = 40.0
+    assert loadgen.client_warnings(fine) == []
+    busy = _point("B", "OIP gRPC", 64, 100.0)
+    busy.extra["client_cpu_pct"] = 97.0
+    assert "bottleneck" in loadgen.client_warnings(busy)[0]
+    late = _point("B", "REST /predict", 0, 300.0, rate=500.0)
+    late.extra["sent_rate"] = 410.0
+    assert "sent 410 req/s of the 500 offered" in loadgen.client_warnings(late)[0]
