@@ -209,7 +209,7 @@ def _communicate(process: subprocess.Popen[str], duration_s: float) -> str:
         process.communicate()
         raise
     if process.returncode != 0:
-        raise RuntimeError(f"{process.args} exited with {process.returncode}:\n{out[-2000:]}\n{err or ''}")
+        raise RuntimeError(f"{process.args!r} exited with {process.returncode}:\n{out[-2000:]}\n{err or ''}")
     return out
 
 

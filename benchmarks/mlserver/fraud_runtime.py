@@ -28,9 +28,8 @@ import fraud_store
 import joblib
 import numpy as np
 from mlserver import MLModel
-from mlserver.codecs import NumpyCodec
 from mlserver.errors import MLServerError
-from mlserver.types import InferenceRequest, InferenceResponse
+from mlserver.types import InferenceRequest, InferenceResponse, ResponseOutput
 from threadpoolctl import threadpool_limits
 
 logger = logging.getLogger("fraud_runtime")
@@ -126,7 +125,7 @@ class FraudEnsembleRuntime(MLModel):
 
     def _matrix(self, payload: InferenceRequest) -> np.ndarray:
         by_name = {i.name: i for i in payload.inputs}
-        columns = []
+        columns: list[np.ndarray] = []
         for f in self.features:
             tensor = by_name.get(f["name"])
             if tensor is None:
@@ -135,7 +134,8 @@ class FraudEnsembleRuntime(MLModel):
             if f["kind"] == "category":
                 table = self.categories[f["name"]]
                 try:
-                    columns.append([table[v.decode() if isinstance(v, bytes) else v] for v in data])
+                    codes = [table[v.decode() if isinstance(v, bytes) else v] for v in data]
+                    columns.append(np.asarray(codes, dtype=np.float64))
                 except KeyError as exc:
                     raise BadInput(f"{f['name']}: unknown category {exc.args[0]!r}") from None
             else:
@@ -156,9 +156,14 @@ class FraudEnsembleRuntime(MLModel):
         x = self._matrix(payload)
         scores = {m: s.score(x) for m, s in self.scorers.items()}
         probability = self._combine(scores)
+        # Shape [n] as the bundle answers (NumpyCodec would add a dimension: [n, 1]).
         outputs = [
-            NumpyCodec.encode_output("fraud_probability", probability),
-            NumpyCodec.encode_output("is_fraud", probability >= self.threshold),
-            *(NumpyCodec.encode_output(f"{m}_score", s) for m, s in scores.items()),
+            _output("fraud_probability", "FP64", probability),
+            _output("is_fraud", "BOOL", probability >= self.threshold),
+            *(_output(f"{m}_score", "FP64", s) for m, s in scores.items()),
         ]
         return InferenceResponse(id=payload.id, model_name=self.name, model_version=self.store_version, outputs=outputs)
+
+
+def _output(name: str, datatype: str, values: np.ndarray) -> ResponseOutput:
+    return ResponseOutput(name=name, datatype=datatype, shape=[len(values)], data=values.tolist())

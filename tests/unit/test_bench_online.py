@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -196,13 +197,13 @@ def test_bentoml_workers_are_named_by_service_and_worker_id() -> None:
     assert role_of(["bentoml", "serve"], "bentoml", is_root=True) == "bentoml (supervisor)"
 
 
-def _member(folder: Path, *, onnx: dict[str, object] | None, joblib_sha: str | None = None) -> Path:
+def _member(folder: Path, *, onnx: Mapping[str, object] | None, joblib_sha: str | None = None) -> Path:
     folder.mkdir(parents=True)
     (folder / "model.joblib").write_bytes(b"pickled")
     (folder / "model.onnx").write_bytes(b"graph")
     meta: dict[str, object] = {"sha256": joblib_sha or fraud_store.sha256_file(folder / "model.joblib")}
     if onnx is not None:
-        meta["onnx"] = onnx
+        meta["onnx"] = dict(onnx)
     (folder / "model.yaml").write_text(yaml.safe_dump({"name": "fraud_hgb", "metadata": meta}))
     return folder
 
@@ -214,7 +215,7 @@ def test_the_peer_picks_onnx_only_when_recorded_parity_checked_and_intact(tmp_pa
     assert fraud_store.choose(_member(tmp_path / "asked", onnx=good), "sklearn") == fraud_store.Choice(
         "sklearn", tmp_path / "asked" / "model.joblib"
     )
-    fallbacks = {
+    fallbacks: dict[str, Mapping[str, object] | None] = {
         "none": None,
         "reason": {"reason": "not convertible"},
         "parity": {"file": "model.onnx", "sha256": graph_sha, "parity": {"ok": False}},
