@@ -75,8 +75,9 @@ async def drive(
         "errors": errors,
         "statuses": statuses,
         "duration_s": elapsed,
-        # Answered per second of the offering window: late answers still count, against the rate they were offered at.
-        "req_per_s": len(latencies) / sent_s if sent_s > 0 else 0.0,
+        # Until the last answer, not over the offering window: a server that falls behind and answers
+        # late has not served the offered rate.
+        "req_per_s": len(latencies) / elapsed if elapsed > 0 else 0.0,
         "p50_ms": percentile_ms(latencies, 50),
         "p99_ms": percentile_ms(latencies, 99),
         # How far the sender itself fell behind its schedule; large values mean the client was starved of CPU.
