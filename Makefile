@@ -4,7 +4,7 @@ BENTOML := .venv/bin/bentoml
 export PYTHONDONTWRITEBYTECODE := 1
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: venv venv-runtime models serve test test-slow lint format bench spark bench-batch edge edge-web bench-edge protos bench-oip redis redis-stop stream-worker bench-stream promote versions test-faults fuzz image image-batch image-run airflow-venv loadtest
+.PHONY: venv venv-runtime models serve test test-slow lint format bench bench-batching mlserver-venv spark bench-batch edge edge-web bench-edge protos bench-oip redis redis-stop stream-worker bench-stream promote versions test-faults fuzz image image-batch image-run airflow-venv loadtest
 
 venv:  ## everything for tests, load tests and benchmarks
 	@bash scripts/bootstrap.sh dev
@@ -30,8 +30,15 @@ lint: venv
 format: venv
 	.venv/bin/ruff format . && .venv/bin/ruff check --fix .
 
-bench: models  ## REST throughput batched vs unbatched vs raw model; writes benchmarks/results/
+bench: models mlserver-venv  ## the online path side by side: bundle (REST, OIP REST, OIP gRPC) vs MLServer vs trivial BentoML; writes benchmarks/results/online.json
+	bash scripts/system-deps.sh bench
+	$(PY) -m benchmarks.online $(BENCH_ARGS)
+
+bench-batching: models  ## REST throughput batched vs unbatched vs raw model; writes benchmarks/results/rest_batching.json
 	$(PY) -m benchmarks.rest_batching
+
+mlserver-venv:  ## Seldon MLServer 1.7.1 in its own venv (build/venv-mlserver), the peer of `make bench`
+	bash scripts/mlserver.sh
 
 spark: venv  ## optional Spark engine of fraud-batch: pyspark + Java 17
 	bash scripts/system-deps.sh java

@@ -1,6 +1,6 @@
 """Single-row REST throughput and latency, batching on vs off, and the raw in-process model rate.
 
-    make bench                      # or: .venv/bin/python -m benchmarks.rest_batching --help
+    make bench-batching             # or: .venv/bin/python -m benchmarks.rest_batching --help
 
 Serves the bundle (real `bentoml serve`, models from $BENTOML_HOME) once with adaptive batching
 and once without, drives each with the same seeded single-row requests at a fixed concurrency,

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from locust.env import Environment
 
 from loadtests.payloads import RequestMix, TransactionPool
-from loadtests.slo import SloBudget
+from loadtests.slo import P99_BUDGET_MS, SloBudget
 
 _user_ids = itertools.count()
 
@@ -25,8 +25,8 @@ def add_arguments(parser: Any) -> None:
         "--slo-p99-ms",
         type=float,
         env_var="LOCUST_SLO_P99_MS",
-        default=1_000.0,
-        help="Fail the run (exit 1) when the p99 of all requests exceeds this (ms).",
+        default=P99_BUDGET_MS,
+        help="Fail the run (exit 1) when the p99 of all requests exceeds this (ms); default: P99_BUDGET_MS of slo.py.",
     )
     group.add_argument(
         "--slo-max-error-rate",

@@ -5,6 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+# The p99 budget of `make loadtest` (--slo-p99-ms / LOCUST_SLO_P99_MS default), in one place. Generous on
+# purpose until it is set from a measured run (`make bench`, README "Benchmarks: the online path").
+P99_BUDGET_MS = 1_000.0
+# The budget of the short Locust smoke runs in the integration tests, which share a loaded 2-core machine.
+SMOKE_P99_BUDGET_MS = 5_000.0
+
 
 class RunTotals(Protocol):
     """What the verdict needs of locust's aggregated ``StatsEntry`` (``environment.stats.total``)."""
@@ -18,7 +24,7 @@ class RunTotals(Protocol):
 @dataclass(frozen=True)
 class SloBudget:
     max_error_rate: float = 0.001
-    p99_ms: float = 1_000.0
+    p99_ms: float = P99_BUDGET_MS
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_error_rate <= 1.0:

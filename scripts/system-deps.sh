@@ -7,6 +7,7 @@
 #   web    chromium (headless tests of the edge bundle's browser page)
 #   node   nodejs npm (onnxruntime-web from npm for that page: scripts/web-deps.sh); apart from web because
 #          an npm that came with another nodejs build must not pull in Debian's
+#   bench  wrk (HTTP load generator) and sysstat (pidstat) for benchmarks/online.py
 set -euo pipefail
 
 declare -A GROUPS_=(
@@ -16,6 +17,7 @@ declare -A GROUPS_=(
     [image]="buildah podman runc skopeo mmdebstrap uidmap fuse-overlayfs curl"
     [web]="chromium"
     [node]="nodejs npm"
+    [bench]="wrk sysstat"
 )
 declare -A PROBE=(
     [venv]="python3 -c 'import venv, ensurepip'"
@@ -24,6 +26,7 @@ declare -A PROBE=(
     [image]="command -v buildah && command -v podman && command -v mmdebstrap && command -v curl"
     [web]="command -v chromium"
     [node]="command -v node && command -v npm"
+    [bench]="command -v wrk && command -v pidstat"
 )
 
 missing=()

@@ -10,6 +10,7 @@ import pytest
 
 from fraudserve.launcher import PROJECT_ROOT, BundleServer, free_port
 from loadtests.headless import locust_command
+from loadtests.slo import SMOKE_P99_BUDGET_MS
 
 pytestmark = pytest.mark.integration
 
@@ -20,9 +21,8 @@ def run_locust(command: list[str], timeout_s: float = 90) -> subprocess.Complete
 
 def test_rest_scenario_meets_a_generous_slo_and_writes_reports(server: BundleServer, tmp_path: Path) -> None:
     prefix = tmp_path / "reports" / "rest"
-    result = run_locust(
-        locust_command(server.url, prefix, users=4, run_time="8s", extra=("--slo-p99-ms", "5000", "--multi-rows", "8"))
-    )
+    extra = ("--slo-p99-ms", str(SMOKE_P99_BUDGET_MS), "--multi-rows", "8")
+    result = run_locust(locust_command(server.url, prefix, users=4, run_time="8s", extra=extra))
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "SLO met" in output
