@@ -197,7 +197,8 @@ class ResponseCache:
             if decoded is not None:
                 scores, expires_at = decoded
                 found[i] = scores
-                self._insert(keys[i], scores, now + (expires_at - wall))
+                # Another host's clock may run ahead: never longer than our own TTL.
+                self._insert(keys[i], scores, now + min(expires_at - wall, self.ttl_s))
                 hits += 1
         self._evict()
         self.shared_hits += hits
