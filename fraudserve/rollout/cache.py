@@ -87,6 +87,8 @@ class RedisScores:
         # An asyncio client belongs to the loop it connected in (tests run several loops).
         loop = asyncio.get_running_loop()
         if self._redis is None or self._loop is not loop:
+            # The timeouts bound each connect, send and read, i.e. Redis's answer, not this process's own
+            # work of packing a big request's keys (a deadline on the whole call would count that as Redis down).
             self._redis = aioredis.Redis.from_url(
                 self.url,
                 socket_timeout=self.timeout_s,
@@ -101,8 +103,7 @@ class RedisScores:
         if not keys or self._skipping():
             return [None] * len(keys)
         try:
-            async with asyncio.timeout(self.timeout_s):
-                values = await self._client().mget(keys)
+            values = await self._client().mget(keys)
         except Exception as exc:  # noqa: BLE001 - the cache must never fail a request
             self._failed("get", exc)
             return [None] * len(keys)
@@ -114,11 +115,10 @@ class RedisScores:
             return
         ttl_ms = max(1, int(ttl_s * 1000))
         try:
-            async with asyncio.timeout(self.timeout_s):
-                async with self._client().pipeline(transaction=False) as pipe:
-                    for key, value in items:
-                        pipe.set(key, value, px=ttl_ms)
-                    await pipe.execute()
+            async with self._client().pipeline(transaction=False) as pipe:
+                for key, value in items:
+                    pipe.set(key, value, px=ttl_ms)
+                await pipe.execute()
         except Exception as exc:  # noqa: BLE001 - the cache must never fail a request
             self._failed("set", exc)
             return
