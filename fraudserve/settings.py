@@ -204,7 +204,8 @@ class Settings(BaseSettings):
         description="Age after which a cached row is scored again (counted from its write, in both levels).",
     )
     cache_redis_url: str = Field(
-        "redis://127.0.0.1:6379/0", description="Redis of the `redis` cache backend (may be FRAUD_REDIS_URL's)."
+        "redis://127.0.0.1:6379/0",
+        description="Redis of the `redis` cache backend (it may be the streaming worker's, FRAUD_REDIS_URL).",
     )
     cache_redis_timeout_ms: float = Field(
         50.0,

@@ -186,3 +186,27 @@ def test_redis_down_or_silent_is_a_fast_miss() -> None:
             await server.wait_closed()
 
     asyncio.run(run())
+
+
+def test_redis_is_used_again_after_its_back_off(local_redis: LocalRedis) -> None:
+    now = [0.0]
+    shared = RedisScores(local_redis.url, namespace="back", timeout_s=2.0, backoff_s=5.0, clock=lambda: now[0])
+    writer = ResponseCache(10, 60.0, shared=shared)
+    keys = writer.keys("v1", ROWS)
+
+    async def run() -> None:
+        try:
+            local_redis.stop()
+            await writer.store(keys, SCORES, generation=0)  # refused: counted, then backing off
+            local_redis.__enter__()  # the same port again
+            await writer.store(keys, SCORES, generation=0)  # still backing off: not written
+            reader = ResponseCache(10, 60.0, shared=shared)
+            assert await reader.lookup(keys, width=3, generation=0) == [None] * 3
+            now[0] = 5.0
+            await writer.store(keys, SCORES, generation=0)
+            found = await ResponseCache(10, 60.0, shared=shared).lookup(keys, width=3, generation=0)
+            assert all(v is not None for v in found) and shared.errors == 1
+        finally:
+            await shared.aclose()
+
+    asyncio.run(run())
