@@ -236,8 +236,10 @@ class InferenceCore:
         cache = self.rollout.cache if cached else None
         if cache is None:
             return await self._score_members(spec, features)
+        # Read once: a policy change while the runners score must not file these rows under the new generation.
+        generation = self.rollout.revision
         keys = cache.keys(spec.version, features)
-        found = cache.get_many(keys)
+        found = await cache.lookup(keys, width=len(spec.members), generation=generation)
         missing = [i for i, row in enumerate(found) if row is None]
         matrix = np.empty((len(features), len(spec.members)), dtype=np.float64)
         for i, row in enumerate(found):
@@ -248,7 +250,7 @@ class InferenceCore:
             scored = await self._score_members(spec, rows)
             block = np.column_stack([scored[m] for m in spec.members])
             matrix[missing] = block
-            cache.put_many([keys[i] for i in missing], block)
+            await cache.store([keys[i] for i in missing], block, generation=generation)
         return {m: matrix[:, j] for j, m in enumerate(spec.members)}
 
     async def _score_members(

@@ -206,9 +206,37 @@ class Settings(BaseSettings):
     shadow_max_inflight: int = Field(
         64, ge=1, description="Shadow calls one worker runs at once; more are skipped (counted as `skipped`)."
     )
-    cache_enabled: bool = Field(False, description="In-process LRU response cache keyed by model version + input row.")
-    cache_max_entries: int = Field(100_000, ge=1, description="Rows the response cache holds per worker.")
-    cache_ttl_s: float = Field(300.0, gt=0, description="Age after which a cached row is scored again.")
+    cache_enabled: bool = Field(
+        False, description="Response cache of member scores keyed by model version + input row."
+    )
+    cache_backend: Literal["memory", "redis"] = Field(
+        "memory",
+        description=(
+            "`memory`: an in-process LRU per API worker; `redis`: that LRU in front of a Redis shared by all workers"
+            " and replicas (an L2 hit fills the LRU)."
+        ),
+    )
+    cache_max_entries: int = Field(100_000, ge=1, description="Rows the in-process LRU holds per worker.")
+    cache_ttl_s: float = Field(
+        300.0,
+        gt=0,
+        description="Age after which a cached row is scored again (counted from its write, in both levels).",
+    )
+    cache_redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis of the `redis` cache backend (it may be the streaming worker's, FRAUD_REDIS_URL).",
+    )
+    cache_redis_timeout_ms: float = Field(
+        50.0,
+        gt=0,
+        description="Connect and socket timeout of one Redis cache round trip; past it the rows are misses.",
+    )
+    cache_redis_backoff_s: float = Field(
+        1.0, ge=0, description="After a Redis cache error the worker skips Redis (all misses) for this long."
+    )
+    cache_redis_key_prefix: str = Field(
+        "fraud:cache", min_length=1, description="Namespace of the response cache's keys in Redis."
+    )
     # traces (fraudserve/tracing.py)
     otlp_endpoint: str | None = Field(
         None,

@@ -17,7 +17,7 @@ import numpy as np
 
 from fraudserve.ensemble import EnsembleSpec
 from fraudserve.errors import FraudServeError, InvalidInput, ModelStoreError
-from fraudserve.rollout.cache import ResponseCache
+from fraudserve.rollout.cache import ResponseCache, build_cache
 from fraudserve.rollout.metrics import (
     POLICY_CHANGES,
     SHADOW_ABS_DIFF,
@@ -65,7 +65,7 @@ class Rollout:
         shared = SharedPolicyFile(
             settings.policy_state_file or default_state_path(spec.prefix), settings.policy_refresh_s
         )
-        cache = ResponseCache(settings.cache_max_entries, settings.cache_ttl_s) if settings.cache_enabled else None
+        cache = build_cache(settings)
         rollout = cls(
             spec,
             shared=shared,

@@ -2,7 +2,7 @@
 
 Traffic share of a variant = its ``fraud_variant_requests_total`` over the sum; shadow agreement
 rate = ``agree`` over ``agree + disagree`` of ``fraud_shadow_comparisons_total`` (counted per row);
-cache hit rate = ``hit`` over all of ``fraud_cache_requests_total`` (per row).
+cache hit rate = ``hit`` of both levels over the ``memory`` rows of ``fraud_cache_requests_total`` (per row).
 """
 
 from __future__ import annotations
@@ -46,8 +46,16 @@ SHADOW_SKIPPED = bentoml.metrics.Counter(
 )
 CACHE_REQUESTS = bentoml.metrics.Counter(
     name="fraud_cache_requests",
-    documentation="Rows looked up in the response cache, by result (hit, miss).",
-    labelnames=["result"],
+    documentation=(
+        "Rows looked up in the response cache, by level (memory: every row; redis: memory's misses) and result"
+        " (hit, miss; a Redis error is a miss)."
+    ),
+    labelnames=["level", "result"],
+)
+CACHE_ERRORS = bentoml.metrics.Counter(
+    name="fraud_cache_errors",
+    documentation="Response cache round trips that failed (down, slow, refused), by level and op (get, set).",
+    labelnames=["level", "op"],
 )
 POLICY_CHANGES = bentoml.metrics.Counter(
     name="fraud_policy_changes",

@@ -22,11 +22,12 @@ import pytest
 from fraudserve.errors import InvalidInput, ModelStoreError
 from fraudserve.inference import InferenceCore
 from fraudserve.local import LocalScorer, load_local
-from fraudserve.rollout.cache import ResponseCache
+from fraudserve.rollout.cache import ResponseCache, build_cache
 from fraudserve.rollout.engine import Rollout
 from fraudserve.rollout.policy import NO_KEY_NOTE, Policy, Router, ab_bucket
 from fraudserve.rollout.state import SharedPolicyFile
 from fraudserve.settings import Settings
+from fraudserve.stream.local_redis import LocalRedis
 from models import registry, store
 from models.transactions import generate_transactions
 
@@ -225,6 +226,46 @@ def test_cache_ttl_lru_and_canonical_keys() -> None:
     assert cache.get_many(cache.keys("v1", a)) == [None] and len(cache) == 2  # least recently used went
     now[0] = 11.0
     assert cache.get_many(cache.keys("v1", c)) == [None]  # expired
+
+
+def test_redis_cache_is_shared_by_workers_and_follows_the_policy(versions: dict[str, str], tmp_path: Path) -> None:
+    def worker(url: str) -> tuple[InferenceCore, CountingScorer]:
+        settings = Settings(
+            model_prefix=PREFIX, model_version="r1", cache_enabled=True, cache_backend="redis", cache_redis_url=url
+        )
+        spec, local = load_local(settings)
+        scorer = CountingScorer(local)
+        rollout = Rollout(
+            spec, shared=SharedPolicyFile(tmp_path / "policy.json", refresh_s=0.0), cache=build_cache(settings)
+        )
+        return InferenceCore(spec, scorer, max_rows=100, bulk_rows_threshold=10, rollout=rollout), scorer
+
+    async def run(server: LocalRedis) -> None:
+        (core1, scorer1), (core2, scorer2) = worker(server.url), worker(server.url)
+        features = rows(6)
+        try:
+            first = await core1.score(features, transport="test")
+            second = await core2.score(features, transport="test")  # another worker: all from Redis
+            assert scorer1.rows == {None: 6 * 3} and scorer2.rows == {}
+            np.testing.assert_array_equal(second.probabilities, first.probabilities)
+            core1.rollout.set_policy(Policy(kind="single", stable="r1"))  # same version, a new revision
+            await core2.score(features, transport="test")
+            assert scorer2.rows == {None: 6 * 3}  # core2 adopted it: a miss in both levels
+            server.stop()
+            scored = await core1.score(rows(4, seed=9), transport="test")  # Redis gone: scored anyway
+            assert len(scored.probabilities) == 4
+            assert core1.rollout.cache is not None and core1.rollout.cache.stats()["redis"] == {
+                "hits": 0,
+                "misses": 6 + 4,
+                "errors": 1,
+            }
+        finally:
+            for core in (core1, core2):
+                if core.rollout.cache is not None and core.rollout.cache.shared is not None:
+                    await core.rollout.cache.shared.aclose()
+
+    with LocalRedis() as server:
+        asyncio.run(run(server))
 
 
 def test_shadow_failure_and_slowness_never_reach_the_caller(versions: dict[str, str], tmp_path: Path) -> None:
