@@ -93,13 +93,19 @@ class FraudDetection:
 
     @bentoml.api(route="/model")
     def model(self) -> dict[str, Any]:
-        """Versions, training metrics, decision threshold and feature schema of the served ensemble."""
+        """Versions, training metrics, decision threshold and feature schema of the ensemble serving now.
+
+        That is the traffic policy's primary version (stable, or the active colour); ``versions``
+        maps every variant of the policy to its version.
+        """
+        spec = self.core.rollout.spec(self.core.primary_version())
         return {
-            "version": SPEC.version,
-            "model_versions": self.core.model_versions,
-            "threshold": self.core.threshold,
-            "metrics": SPEC.metrics,
-            "schema": SPEC.schema.model_dump(mode="json", exclude_none=True),
+            "version": spec.version,
+            "model_versions": spec.tags(),
+            "versions": dict(self.core.rollout.router.versions),
+            "threshold": self.core.threshold_for(spec),
+            "metrics": spec.metrics,
+            "schema": spec.schema.model_dump(mode="json", exclude_none=True),
         }
 
     # Staged rollout admin API (fraudserve/rollout/admin.py); every route needs an admin key.

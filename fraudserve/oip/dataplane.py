@@ -2,18 +2,25 @@
 
 Transport-free: requests and responses are plain dataclasses of ``Tensor`` values; scoring
 goes through the worker's ``InferenceCore`` (so through the runners and their batching).
+
+Versions: without a version the ensemble is scored through the traffic policy (a request's
+``routing_key`` parameter keeps a client on one A/B variant) and a member on the policy's
+primary version; an explicit version scores that version, bypassing the policy (NotFound
+when it cannot be loaded here). Every answer names the version that scored it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
+from typing import Any
 
 import numpy as np
 
+from fraudserve.errors import InvalidInput
 from fraudserve.inference import InferenceCore
 from fraudserve.oip.codec import Tensor, features_matrix, select_outputs
 from fraudserve.oip.repository import DECISION, PROBABILITY, ModelEntry, ModelRepository, score_output
@@ -22,6 +29,7 @@ log = logging.getLogger(__name__)
 
 SERVER_NAME = "fraud_detection"
 EXTENSIONS = ("binary_tensor_data", "model_repository")
+ROUTING_KEY = "routing_key"  # the request parameter of sticky A/B
 
 
 def _server_version() -> str:
@@ -38,6 +46,21 @@ class InferRequest:
     model_version: str = ""
     id: str = ""
     outputs: Sequence[str] = field(default_factory=tuple)  # empty: every output
+    routing_key: str | None = None
+
+
+def routing_key_parameter(parameters: Mapping[str, Any] | None) -> str | None:
+    """The ``routing_key`` of a request's parameters: a JSON value (REST) or an ``InferParameter`` (gRPC)."""
+    value = (parameters or {}).get(ROUTING_KEY)
+    if value is None:
+        return None
+    if hasattr(value, "WhichOneof"):
+        if value.WhichOneof("parameter_choice") != "string_param":
+            raise InvalidInput("the routing_key parameter must be a string_param", field="parameters.routing_key")
+        value = value.string_param
+    if not isinstance(value, str):
+        raise InvalidInput("the routing_key parameter must be a string", field="parameters.routing_key")
+    return value
 
 
 @dataclass(frozen=True)
@@ -56,10 +79,11 @@ class ServerMetadata:
 
 
 class DataPlane:
-    def __init__(self, core: InferenceCore, *, ready_timeout_s: float) -> None:
+    def __init__(self, core: InferenceCore, *, ready_timeout_s: float, routing_key_max_chars: int = 256) -> None:
         self.core = core
         self.repository = ModelRepository(core.spec)
         self.ready_timeout_s = ready_timeout_s
+        self.routing_key_max_chars = routing_key_max_chars
         self.metadata = ServerMetadata(SERVER_NAME, _server_version(), EXTENSIONS)
         self._probe = np.asarray(core.schema.encode_records([core.schema.example_row()]))
 
@@ -68,36 +92,52 @@ class DataPlane:
 
     async def ready(self) -> bool:
         """Ready when the ensemble scores a probe row in time (every runner answers)."""
-        return await self._probe_model(None)
+        return await self._probe_model(None, None)
 
     async def model_ready(self, name: str, version: str = "") -> bool:
-        return await self._probe_model(self.repository.resolve(name, version).member)
+        entry = self.repository.entry(name)
+        return await self._probe_model(entry.member, self._pinned(version))
 
-    async def _probe_model(self, member: str | None) -> bool:
+    async def _probe_model(self, member: str | None, version: str | None) -> bool:
         try:
             async with asyncio.timeout(self.ready_timeout_s):
                 if member is None:
-                    await self.core.score(self._probe, transport="probe")
+                    await self.core.score(self._probe, transport="probe", version=version)
                 else:
-                    await self.core.score_member(member, self._probe, transport="probe")
+                    await self.core.score_member(member, self._probe, transport="probe", version=version)
             return True
         except Exception as exc:  # noqa: BLE001 - any failure means not ready
             log.warning("OIP readiness probe of %s failed: %r", member or "ensemble", exc)
             return False
 
     def model_metadata(self, name: str, version: str = "") -> ModelEntry:
-        return self.repository.resolve(name, version)
+        return self.repository.at(name, self._pinned(version) or self.core.primary_version())
 
     def index(self) -> list[ModelEntry]:
-        return list(self.repository.models.values())
+        """Every model at every version the policy serves now, the primary version first."""
+        primary = self.core.primary_version()
+        versions = [primary, *sorted(set(self.core.rollout.router.versions.values()) - {primary})]
+        return [self.repository.at(name, v) for v in versions for name in self.repository.models]
+
+    def _pinned(self, version: str) -> str | None:
+        """The concrete version a request names ("" names none); NotFound when it cannot serve here."""
+        return self.core.rollout.pinned(version).version if version else None
 
     async def infer(self, request: InferRequest, *, transport: str) -> InferResponse:
-        entry = self.repository.resolve(request.model_name, request.model_version)
+        entry = self.repository.entry(request.model_name)
+        pinned = self._pinned(request.model_version)
+        key = request.routing_key
+        if key is not None and len(key) > self.routing_key_max_chars:
+            raise InvalidInput(
+                f"routing_key has {len(key)} characters, at most {self.routing_key_max_chars} are allowed",
+                field="parameters.routing_key",
+            )
         select_outputs({o.name: o for o in entry.outputs}, request.outputs, model_name=entry.name)
         matrix, prefix = features_matrix(self.core.schema, request.inputs)
         columns: dict[str, Tensor]
         if entry.member is None:
-            scored = await self.core.score(matrix, transport=transport, field=prefix)
+            scored = await self.core.score(matrix, transport=transport, field=prefix, routing_key=key, version=pinned)
+            version = scored.version
             columns = {
                 PROBABILITY: Tensor(PROBABILITY, "FP64", scored.probabilities),
                 DECISION: Tensor(DECISION, "BOOL", np.asarray(scored.decisions, dtype=np.bool_)),
@@ -107,7 +147,11 @@ class DataPlane:
                 },
             }
         else:
-            scores = await self.core.score_member(entry.member, matrix, transport=transport, field=prefix)
+            # Resolved once here, so the version named in the answer is the one passed to the runner.
+            version = pinned or self.core.primary_version()
+            scores = await self.core.score_member(
+                entry.member, matrix, transport=transport, field=prefix, version=version
+            )
             columns = {score_output(entry.member): Tensor(score_output(entry.member), "FP64", scores)}
         outputs = select_outputs(columns, request.outputs, model_name=entry.name)
-        return InferResponse(entry.name, entry.version, request.id, outputs)
+        return InferResponse(entry.name, version, request.id, outputs)
