@@ -156,7 +156,10 @@ async def _admin(ctx: bentoml.Context, action: Coroutine[Any, Any, dict[str, Any
         return await action
     except Exception as exc:  # noqa: BLE001 - the HTTP boundary maps every error once
         action.close()
-        return error_response(exc)
+        response = error_response(exc)
+        # On a route that takes ctx, BentoML overwrites a returned response's status with ctx's (200).
+        ctx.response.status_code = response.status_code
+        return response
 
 
 # API keys, rate limit, in-flight cap, body size, deadline: wraps every route, the /v2 mount included.

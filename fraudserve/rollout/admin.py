@@ -16,14 +16,19 @@ in its middleware; it stays here so the routes are safe even where that middlewa
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from fraudserve.errors import Conflict
+import bentoml
+
+from fraudserve.ensemble import EnsembleSpec
+from fraudserve.errors import Conflict, FraudServeError
 from fraudserve.inference import InferenceCore
 from fraudserve.rollout.engine import Change
 from fraudserve.rollout.policy import Policy
 from fraudserve.security import get_guards
 from fraudserve.security.auth import Access
+from models import store
 
 
 def require_admin(authorization: str | None) -> None:
@@ -59,6 +64,22 @@ async def _change(core: InferenceCore, change: Change) -> dict[str, Any]:
     failed = {v: r for v, r in report.items() if r != "ok"}
     if failed:
         variants = {v: "/".join(name for name, version in change.versions.items() if version == v) for v in failed}
-        details = "; ".join(f"{variants[v]} version {v}: {r.removeprefix('error: ')}" for v, r in failed.items())
+        reasons = {}
+        for version, reported in failed.items():
+            diagnosis: str | None = await asyncio.to_thread(_diagnose, core.rollout.spec(version))
+            reasons[version] = diagnosis or reported
+        details = "; ".join(f"{variants[v]} version {v}: {r.removeprefix('error: ')}" for v, r in reasons.items())
         raise Conflict(f"policy not applied, a member cannot score: {details}", field="policy")
     return {**core.rollout.apply(change), "warm_up": report}
+
+
+def _diagnose(spec: EnsembleSpec) -> str | None:
+    """Why a member's artifact does not load, as this worker sees the model store (runners only say "failed")."""
+    for member in spec.members:
+        try:
+            store.load_member(bentoml.models.get(spec.tag(member)))
+        except bentoml.exceptions.NotFound:
+            return f"{member}: {spec.tag(member)} is not in the model store"
+        except FraudServeError as exc:
+            return f"{member}: {exc.message}"
+    return None

@@ -366,3 +366,18 @@ def test_compare_and_swap_across_processes_has_exactly_one_winner(tmp_path: Path
     assert outcomes.count("conflict") == 3, outcomes
     (winner,) = (o for o in outcomes if o != "conflict")
     assert json.loads((tmp_path / "p.json").read_text())["current"]["stable"] == winner
+
+
+def test_workers_starting_with_a_policy_file_apply_it_once(versions: dict[str, str], tmp_path: Path) -> None:
+    config = tmp_path / "policy.yaml"
+    config.write_text("kind: canary\nstable: r1\ncandidate: r2\npercent: 10\n")
+    settings = Settings(
+        model_prefix=PREFIX, model_version="r1", policy_file=config, policy_state_file=tmp_path / "state.json"
+    )
+    spec = store.load_ensemble(PREFIX, "r1")
+    first, second = Rollout.from_settings(spec, settings), Rollout.from_settings(spec, settings)
+    assert first.revision == second.revision == 1
+    assert first.router.versions == second.router.versions == {"stable": "r1", "candidate": "r2"}
+    first.set_policy(Policy(kind="single", stable="r2"))
+    restarted = Rollout.from_settings(spec, settings)  # the config did not change: the admin's change stays
+    assert (restarted.revision, restarted.router.versions) == (2, {"stable": "r2"})
