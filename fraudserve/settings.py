@@ -68,7 +68,6 @@ class Settings(BaseSettings):
         64 * 1024 * 1024, ge=1024, description="Largest gRPC message the OIP server sends or receives."
     )
     grpc_shutdown_grace_s: float = Field(5.0, ge=0, description="Time in-flight gRPC calls get to finish on shutdown.")
-    data_dir: Path = Field(Path("data"), description="Where generated data sets are written.")
 
     # streaming worker (fraud-stream, issue 5)
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis of the streaming worker.")
@@ -145,7 +144,9 @@ class Settings(BaseSettings):
     cache_enabled: bool = Field(False, description="In-process LRU response cache keyed by model version + input row.")
     cache_max_entries: int = Field(100_000, ge=1, description="Rows the response cache holds per worker.")
     cache_ttl_s: float = Field(300.0, gt=0, description="Age after which a cached row is scored again.")
-    routing_key_max_chars: int = Field(256, ge=1, description="Longest `routing_key` a /predict request may carry.")
+    routing_key_max_chars: int = Field(
+        256, ge=1, description="Longest `routing_key` a /predict or OIP infer request may carry."
+    )
 
 
 @lru_cache(maxsize=1)
