@@ -296,10 +296,6 @@ class Rollout:
     def _latest(self) -> PolicyDoc | None:
         return self.shared.read() if self.shared is not None else None
 
-    def _write(self, doc: PolicyDoc) -> None:
-        if self.shared is not None:
-            self.shared.write(doc)
-
     def _adopt(self, doc: PolicyDoc) -> None:
         self._swap(self._router(doc.current))
         self.previous = doc.previous
