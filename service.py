@@ -89,14 +89,20 @@ class FraudDetection:
 
     @bentoml.api(route="/model")
     def model(self) -> dict[str, Any]:
-        """Versions, training metrics, decision threshold and feature schema of the served ensemble."""
+        """Versions, training metrics, decision threshold and feature schema of the ensemble serving now.
+
+        That is the traffic policy's primary version (stable, or the active colour); ``versions``
+        maps every variant of the policy to its version.
+        """
+        spec = self.core.rollout.spec(self.core.primary_version())
         return {
-            "version": SPEC.version,
-            "model_versions": self.core.model_versions,
-            "runtimes": self.core.runtimes(SPEC.version),
-            "threshold": self.core.threshold,
-            "metrics": SPEC.metrics,
-            "schema": SPEC.schema.model_dump(mode="json", exclude_none=True),
+            "version": spec.version,
+            "model_versions": spec.tags(),
+            "versions": dict(self.core.rollout.router.versions),
+            "runtimes": self.core.runtimes(spec.version),
+            "threshold": self.core.threshold_for(spec),
+            "metrics": spec.metrics,
+            "schema": spec.schema.model_dump(mode="json", exclude_none=True),
         }
 
     # Staged rollout admin API (fraudserve/rollout/admin.py); every route needs an admin key.
@@ -147,7 +153,10 @@ async def _admin(ctx: bentoml.Context, action: Coroutine[Any, Any, dict[str, Any
         return await action
     except Exception as exc:  # noqa: BLE001 - the HTTP boundary maps every error once
         action.close()
-        return error_response(exc)
+        response = error_response(exc)
+        # On a route that takes ctx, BentoML overwrites a returned response's status with ctx's (200).
+        ctx.response.status_code = response.status_code
+        return response
 
 
 # API keys, rate limit, in-flight cap, body size, deadline: wraps every route, the /v2 mount included.

@@ -46,6 +46,14 @@ class NotFound(FraudServeError):
     reason = "not_found"
 
 
+class Conflict(FraudServeError):
+    """A change refused against the current state: it lost a concurrent write, or a version it names cannot score."""
+
+    http_status = HTTPStatus.CONFLICT
+    grpc_code = "ABORTED"
+    reason = "conflict"
+
+
 class Unavailable(FraudServeError):
     """Overloaded, shedding load, or a runner is down: the caller may retry."""
 

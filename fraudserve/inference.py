@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from fraudserve.batcher import RowBatcher
 from fraudserve.ensemble import EnsembleSpec
-from fraudserve.errors import InvalidInput, NotFound, PayloadTooLarge
+from fraudserve.errors import FraudServeError, InvalidInput, NotFound, PayloadTooLarge
 from fraudserve.metrics import PREDICTIONS, REQUEST_ROWS
 from fraudserve.rollout.engine import Rollout
 from fraudserve.rollout.policy import Route
@@ -174,35 +174,65 @@ class InferenceCore:
         return await self._score(self.encode(records, strict=strict), transport=transport, routing_key=routing_key)
 
     async def score_member(
-        self, member: str, features: np.ndarray, *, transport: str, field: str = "transactions"
+        self,
+        member: str,
+        features: np.ndarray,
+        *,
+        transport: str,
+        field: str = "transactions",
+        version: str | None = None,
     ) -> np.ndarray:
-        """Validated like ``score``, then scored by ``member`` alone (per-model OIP inference)."""
+        """Validated like ``score``, then scored by ``member`` alone (per-model OIP inference).
+
+        ``version`` None: the policy's primary version (what ``primary_version`` names).
+        """
         if member not in self.spec.members:
             raise NotFound(f"unknown member model {member!r}; members are {list(self.spec.members)}", field="model")
         self.check_rows(len(features), field)
         self.schema.validate_matrix(features, prefix=field)
-        scores = (await self._score_members(self.spec, features, members=(member,)))[member]
+        version = version or self.primary_version()
+        spec = self.spec if version == self.spec.version else self.rollout.spec(version)
+        scores = (await self._score_members(spec, features, members=(member,)))[member]
         REQUEST_ROWS.labels(transport=transport).observe(len(features))
         return scores
 
+    def primary_version(self) -> str:
+        """The version that serves unsplit traffic now (stable, or the active colour)."""
+        self.rollout.refresh()
+        return self.rollout.router.primary_version
+
     async def score(
-        self, features: np.ndarray, *, transport: str, field: str = "transactions", routing_key: str | None = None
+        self,
+        features: np.ndarray,
+        *,
+        transport: str,
+        field: str = "transactions",
+        routing_key: str | None = None,
+        version: str | None = None,
     ) -> ScoredBatch:
         """Route -> (cache) runners -> combine. ``features`` must be encoded with the schema (validated here).
 
         The traffic policy picks the version (``routing_key`` keeps a client on one A/B variant);
         a shadow version, if any, scores the same rows in the background, never awaited here.
+        An explicit ``version`` bypasses the policy: that version scores (variant ``pinned``),
+        NotFound when it cannot be loaded here.
         """
         self.check_rows(len(features), field)
         self.schema.validate_matrix(features, prefix=field)
-        return await self._score(features, transport=transport, routing_key=routing_key)
+        return await self._score(features, transport=transport, routing_key=routing_key, version=version)
 
-    async def _score(self, features: np.ndarray, *, transport: str, routing_key: str | None) -> ScoredBatch:
+    async def _score(
+        self, features: np.ndarray, *, transport: str, routing_key: str | None, version: str | None = None
+    ) -> ScoredBatch:
         started = time.perf_counter()
         probe = transport == PROBE_TRANSPORT
         self.rollout.refresh()
-        route = Route("probe", self.rollout.router.primary_version) if probe else self.rollout.route(routing_key)
-        spec = self.rollout.spec(route.version)
+        if version is not None:
+            spec = self.rollout.pinned(version)
+            route = Route("pinned", spec.version)
+        else:
+            route = Route("probe", self.rollout.router.primary_version) if probe else self.rollout.route(routing_key)
+            spec = self.rollout.spec(route.version)
         member_scores = await self._member_scores(spec, features, cached=not probe)
         scores = combine_scores(spec, member_scores, threshold_override=self.threshold_override)
         probabilities, decisions = scores.probabilities, scores.decisions
@@ -264,18 +294,25 @@ class InferenceCore:
         results = await asyncio.gather(*(self.scorer(m, features, bulk=bulk, **extra) for m in members))
         return {m: np.asarray(r, dtype=np.float64).reshape(-1) for m, r in zip(members, results, strict=True)}
 
-    async def warm_up(self) -> dict[str, str]:
-        """Score one row with every version of the policy, so the runners load them now, not on a customer's request.
+    async def warm_up(self, versions: Iterable[str] | None = None) -> dict[str, str]:
+        """Score one row with every member of each version (default: the policy's), so the runners load them now.
 
-        Returns ``{version: "ok" | error}``; a failure is reported, not raised (the policy stays applied).
+        Returns ``{version: "ok" | "error: <member>: <reason>"}`` (the first failing member); the
+        admin API refuses a policy whose report has an error (fraudserve/rollout/admin.py).
         """
         probe = np.asarray(self.schema.encode_records([self.schema.example_row()]))
-        versions = sorted(set(self.rollout.router.versions.values()))
+        wanted = sorted(set(self.rollout.router.versions.values() if versions is None else versions))
+        jobs = [(v, m) for v in wanted for m in self.rollout.spec(v).members]
         results = await asyncio.gather(
-            *(self._score_members(self.rollout.spec(v), probe) for v in versions), return_exceptions=True
+            *(self.score_member(m, probe, transport=PROBE_TRANSPORT, version=v) for v, m in jobs),
+            return_exceptions=True,
         )
-        report = zip(versions, results, strict=True)
-        return {v: f"error: {r!r}" if isinstance(r, BaseException) else "ok" for v, r in report}
+        report = dict.fromkeys(wanted, "ok")
+        for (version, member), result in zip(jobs, results, strict=True):
+            if isinstance(result, BaseException) and report[version] == "ok":
+                reason = result.message if isinstance(result, FraudServeError) else repr(result)
+                report[version] = f"error: {member}: {reason}"
+        return report
 
     async def _shadow_scores(self, version: str, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         spec = self.rollout.spec(version)

@@ -129,7 +129,6 @@ class Settings(BaseSettings):
         ),
     )
     grpc_shutdown_grace_s: float = Field(5.0, ge=0, description="Time in-flight gRPC calls get to finish on shutdown.")
-    data_dir: Path = Field(Path("data"), description="Where generated data sets are written.")
 
     # streaming worker (fraud-stream, issue 5)
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis of the streaming worker.")
@@ -251,7 +250,9 @@ class Settings(BaseSettings):
         le=1.0,
         description="Share of traces kept when FRAUD_OTLP_ENDPOINT is set (a caller's sampled flag wins).",
     )
-    routing_key_max_chars: int = Field(256, ge=1, description="Longest `routing_key` a /predict request may carry.")
+    routing_key_max_chars: int = Field(
+        256, ge=1, description="Longest `routing_key` a /predict or OIP infer request may carry."
+    )
 
     @model_validator(mode="after")
     def _entry_batch_holds_a_batched_request(self) -> Settings:

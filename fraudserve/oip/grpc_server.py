@@ -26,7 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from fraudserve import tracing
 from fraudserve.errors import InvalidInput
 from fraudserve.oip.codec import WireTensor, raw_bytes
-from fraudserve.oip.dataplane import DataPlane, InferRequest, InferResponse
+from fraudserve.oip.dataplane import DataPlane, InferRequest, InferResponse, routing_key_parameter
 from fraudserve.oip.errors import grpc_error
 from fraudserve.oip.metrics import observe
 from fraudserve.oip.proto import grpc_service_pb2 as pb
@@ -209,6 +209,7 @@ def _infer_request(request: pb.ModelInferRequest) -> InferRequest:
         id=request.id,
         inputs=_inputs(request),
         outputs=[o.name for o in request.outputs],
+        routing_key=routing_key_parameter(request.parameters),
     )
 
 

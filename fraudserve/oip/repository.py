@@ -1,12 +1,15 @@
 """The models this server exposes over the Open Inference Protocol: the ensemble and each member.
 
-Names and versions come from the model store's naming (``models.store.model_name``), so an
-OIP client sees the same identities as ``GET /model``.
+Names come from the model store's naming (``models.store.model_name``), so an OIP client sees
+the same identities as ``GET /model``. Names, platforms and tensors are the same for every
+version this service can serve (a policy only takes versions of the same schema and members);
+which versions are served is the traffic policy's business, so the data plane puts the
+version on an entry (``at``) when it answers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fraudserve.ensemble import EnsembleSpec
 from fraudserve.errors import NotFound
@@ -51,13 +54,12 @@ class ModelRepository:
         ]
         self.models: dict[str, ModelEntry] = {e.name: e for e in (ensemble, *members)}
 
-    def resolve(self, name: str, version: str = "") -> ModelEntry:
-        """The model ``name`` at ``version`` ("" = its default); NotFound otherwise."""
+    def entry(self, name: str) -> ModelEntry:
+        """The model ``name``; NotFound otherwise."""
         entry = self.models.get(name)
         if entry is None:
             raise NotFound(f"unknown model {name!r}; this server has {list(self.models)}", field="model_name")
-        if version and version != entry.version:
-            raise NotFound(
-                f"model {name!r} has no version {version!r}; available: [{entry.version!r}]", field="model_version"
-            )
         return entry
+
+    def at(self, name: str, version: str) -> ModelEntry:
+        return replace(self.entry(name), version=version)

@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from fraudserve.errors import InvalidInput, Unavailable
 from fraudserve.oip.codec import WireTensor, json_values, raw_bytes
-from fraudserve.oip.dataplane import DataPlane, InferRequest, InferResponse
+from fraudserve.oip.dataplane import DataPlane, InferRequest, InferResponse, routing_key_parameter
 from fraudserve.oip.errors import http_error
 from fraudserve.oip.repository import ModelEntry
 
@@ -133,6 +133,7 @@ async def infer(request: Request) -> Response:
             id=doc.id or "",
             inputs=_inputs(doc.inputs, binary),
             outputs=[o.name for o in outputs],
+            routing_key=routing_key_parameter(doc.parameters),
         ),
         transport=TRANSPORT,
     )

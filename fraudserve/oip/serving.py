@@ -27,7 +27,12 @@ class OipTransports:
 
 async def start(core: InferenceCore, settings: Settings) -> OipTransports:
     """Attach the REST app to this worker's core and, when enabled, start the gRPC server."""
-    plane = DataPlane(core, ready_timeout_s=settings.ready_probe_timeout_s, ready_cache_s=settings.ready_cache_s)
+    plane = DataPlane(
+        core,
+        ready_timeout_s=settings.ready_probe_timeout_s,
+        ready_cache_s=settings.ready_cache_s,
+        routing_key_max_chars=settings.routing_key_max_chars,
+    )
     rest.attach(plane)
     server = None
     if settings.grpc_enabled:

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import Counter
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from bentoml.exceptions import BentoMLException
 
 from fraudserve.ensemble import EnsembleSpec
-from fraudserve.errors import FraudServeError, InvalidInput, ModelStoreError
+from fraudserve.errors import FraudServeError, InvalidInput, ModelStoreError, NotFound
 from fraudserve.rollout.cache import ResponseCache, build_cache
 from fraudserve.rollout.metrics import (
     POLICY_CHANGES,
@@ -28,11 +31,34 @@ from fraudserve.rollout.metrics import (
     VARIANT_SCORE,
 )
 from fraudserve.rollout.policy import Policy, Route, Router
-from fraudserve.rollout.state import PolicyDoc, SharedPolicyFile, default_state_path, load_policy_file
+from fraudserve.rollout.state import (
+    PolicyConflict,
+    PolicyDoc,
+    SharedPolicyFile,
+    default_state_path,
+    load_policy_file,
+)
 from fraudserve.settings import Settings
 from models import store
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Change:
+    """A policy resolved and checked but not applied: ``Rollout.apply`` swaps it in unless the shared doc moved on."""
+
+    router: Router
+    base: PolicyDoc | None  # the shared document this change replaces
+    reason: str
+
+    @property
+    def policy(self) -> Policy:
+        return self.router.policy
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return self.router.versions
 
 
 class Rollout:
@@ -78,12 +104,21 @@ class Rollout:
         config = load_policy_file(settings.policy_file) if settings.policy_file else None
         if config is not None and (doc is None or doc.config_sha256 != config[1]):
             policy, sha = config
-            rollout.router = rollout._router(policy)
+            router = rollout._router(policy)
             previous = doc.current if doc else None
-            rollout.revision = (doc.revision if doc else 0) + 1
-            rollout.previous = previous
-            shared.write(PolicyDoc(policy, previous, rollout.revision, sha, reason="config file"))
-            log.info("rollout: policy from %s applied: %s", settings.policy_file, rollout.router.versions)
+            revision = (doc.revision if doc else 0) + 1
+            try:
+                shared.commit(
+                    PolicyDoc(policy, previous, revision, sha, reason="config file"),
+                    expected_revision=doc.revision if doc else None,
+                )
+            except PolicyConflict as exc:  # a sibling worker starting at the same time wrote first
+                if exc.current is not None:
+                    rollout._adopt(exc.current)
+            else:
+                rollout._swap(router)
+                rollout.revision, rollout.previous = revision, previous
+                log.info("rollout: policy from %s applied: %s", settings.policy_file, rollout.router.versions)
         elif doc is not None:
             rollout._adopt(doc)
         POLICY_CHANGES.labels(kind="start").inc()
@@ -109,7 +144,9 @@ class Rollout:
     def spec(self, version: str) -> EnsembleSpec:
         found = self.specs.get(version)
         if found is None:
-            found = self.specs[version] = store.load_ensemble(self.prefix, version)
+            found = store.load_ensemble(self.prefix, version)
+            # Keyed by the concrete version: an alias ("stable") moves, so it is resolved on every use.
+            self.specs[found.version] = found
         return found
 
     @property
@@ -192,28 +229,58 @@ class Rollout:
 
     # --- changes -----------------------------------------------------------------------------
 
-    def set_policy(self, policy: Policy, *, reason: str = "admin") -> dict[str, Any]:
-        current = self.router.policy
-        doc = self._latest()
-        previous_config = doc.config_sha256 if doc else None
-        self.router = self._router(policy)
-        self.previous = current
-        self.revision = max(self.revision, doc.revision if doc else 0) + 1
-        self._write(PolicyDoc(policy, current, self.revision, previous_config, reason=reason))
-        POLICY_CHANGES.labels(kind=reason).inc()
-        return self.describe()
+    def plan(self, policy: Policy, *, reason: str = "admin") -> Change:
+        """Resolve and check ``policy`` against the shared document it will replace; nothing changes yet."""
+        return Change(self._router(policy), self._latest(), reason)
 
-    def rollback(self) -> dict[str, Any]:
+    def plan_rollback(self) -> Change:
         """Back to the previous policy (and a second rollback goes forward again)."""
         doc = self._latest()
         previous = doc.previous if doc else self.previous
         if previous is None:
             raise InvalidInput("there is no previous policy to roll back to", field="policy")
-        return self.set_policy(previous, reason="rollback")
+        return Change(self._router(previous), doc, "rollback")
+
+    def plan_reload(self) -> Change:
+        """The current policy with its aliases resolved again (after `python -m models.registry promote`)."""
+        doc = self._latest()
+        return Change(self._router(doc.current if doc else self.router.policy), doc, "reload")
+
+    def apply(self, change: Change) -> dict[str, Any]:
+        """Swap the planned router in, if the shared document is still the one it was planned on.
+
+        Raises ``PolicyConflict`` (409) otherwise, after adopting the document that won.
+        """
+        base = change.base
+        current = base.current if base is not None else self.router.policy
+        revision = max(self.revision, base.revision if base else 0) + 1
+        doc = PolicyDoc(change.policy, current, revision, base.config_sha256 if base else None, reason=change.reason)
+        if self.shared is not None:
+            try:
+                self.shared.commit(doc, expected_revision=base.revision if base else None)
+            except PolicyConflict as exc:
+                if exc.current is not None and exc.current.revision != self.revision:
+                    try:
+                        self._adopt(exc.current)
+                    except FraudServeError as error:
+                        log.error("rollout: revision %d not applied, keeping ours: %s", exc.current.revision, error)
+                raise
+        self._swap(change.router)
+        self.previous = current
+        self.revision = revision
+        POLICY_CHANGES.labels(kind=change.reason).inc()
+        return self.describe()
+
+    def set_policy(self, policy: Policy, *, reason: str = "admin") -> dict[str, Any]:
+        """Plan and apply at once, without a warm-up (the admin API warms up in between: admin.py)."""
+        return self.apply(self.plan(policy, reason=reason))
+
+    def rollback(self) -> dict[str, Any]:
+        return self.apply(self.plan_rollback())
 
     def reload(self) -> dict[str, Any]:
-        """Resolve the aliases again (after `python -m models.registry promote`), in every worker."""
-        return self.set_policy(self.router.policy, reason="reload")
+        """Resolve the aliases again, in every worker."""
+        return self.apply(self.plan_reload())
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -221,6 +288,7 @@ class Rollout:
             "versions": dict(self.router.versions),
             "previous": self.previous.model_dump() if self.previous else None,
             "revision": self.revision,
+            "worker_pid": os.getpid(),
             "cache": self.cache.stats() if self.cache is not None else None,
             "shadow": {"inflight": len(self._shadow_tasks), **self.shadow_rows},
         }
@@ -228,17 +296,19 @@ class Rollout:
     def _latest(self) -> PolicyDoc | None:
         return self.shared.read() if self.shared is not None else None
 
-    def _write(self, doc: PolicyDoc) -> None:
-        if self.shared is not None:
-            self.shared.write(doc)
-
     def _adopt(self, doc: PolicyDoc) -> None:
-        self.router = self._router(doc.current)
+        self._swap(self._router(doc.current))
         self.previous = doc.previous
         self.revision = doc.revision
 
+    def _swap(self, router: Router) -> None:
+        if self.cache is not None:
+            self.cache.clear()
+        self.router = router
+        log.info("rollout: policy %s -> versions %s", router.policy.kind, router.versions)
+
     def _router(self, policy: Policy) -> Router:
-        """Resolve every reference, load and check every ensemble, then swap: all or nothing."""
+        """Resolve every reference, load and check every ensemble: all or nothing."""
         versions: dict[str, str] = {}
         for variant, ref in policy.references().items():
             try:
@@ -246,13 +316,27 @@ class Rollout:
                 spec = self.spec(versions[variant])
             except ModelStoreError as exc:
                 raise InvalidInput(f"{variant}: {exc.message}", field=f"policy.{variant}") from exc
-            if spec.schema != self.base.schema or spec.members != self.base.members:
-                raise InvalidInput(
-                    f"{variant}: version {spec.version} has another feature schema or members than the served"
-                    f" {self.base.version}; it cannot share this service's traffic",
-                    field=f"policy.{variant}",
-                )
-        if self.cache is not None:
-            self.cache.clear()
-        log.info("rollout: policy %s -> versions %s", policy.kind, versions)
+            if not self._compatible(spec):
+                raise InvalidInput(f"{variant}: {self._incompatible(spec)}", field=f"policy.{variant}")
         return Router(policy, versions)
+
+    def pinned(self, version: str) -> EnsembleSpec:
+        """The ensemble of a version a request names explicitly; NotFound when it cannot serve here."""
+        try:
+            spec = self.spec(version)
+        except ModelStoreError as exc:
+            raise NotFound(f"no version {version!r} can be loaded: {exc.message}", field="model_version") from exc
+        except BentoMLException:  # not even a valid tag
+            raise NotFound(f"no version {version!r}: not a valid version name", field="model_version") from None
+        if not self._compatible(spec):
+            raise NotFound(self._incompatible(spec), field="model_version")
+        return spec
+
+    def _compatible(self, spec: EnsembleSpec) -> bool:
+        return spec.schema == self.base.schema and spec.members == self.base.members
+
+    def _incompatible(self, spec: EnsembleSpec) -> str:
+        return (
+            f"version {spec.version} has another feature schema or members than the served"
+            f" {self.base.version}; it cannot share this service's traffic"
+        )

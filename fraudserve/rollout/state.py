@@ -5,6 +5,13 @@ writes the file (temp + ``os.replace``, via ``models.registry.write_json_atomic`
 ``stat`` it at most every FRAUD_POLICY_REFRESH_S seconds and re-apply it when its revision
 changed. All workers therefore converge within that interval.
 
+A write is a compare-and-swap (``commit``): under an exclusive ``flock`` on ``<file>.lock`` the
+file must still hold the revision the change was planned on. Two admin calls racing on two
+workers therefore cannot both take revision N+1: the first wins, the second gets ``Conflict``
+(409) and its worker adopts the winner's document, so every worker converges on the winner.
+Refusing instead of stacking the loser on top is deliberate: the loser's change was warmed
+up and judged against a policy that is no longer current, so its caller decides again.
+
 Start-up order: the file when it exists (a restart keeps an admin's change, a rollback made
 during an incident included), unless FRAUD_POLICY_FILE changed since it was last applied
 (its SHA-256 is recorded), then that config file; else the single policy on FRAUD_MODEL_VERSION.
@@ -12,11 +19,14 @@ during an incident included), unless FRAUD_POLICY_FILE changed since it was last
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +34,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from fraudserve.errors import InvalidInput
+from fraudserve.errors import Conflict, InvalidInput
 from fraudserve.rollout.policy import Policy
 from models.registry import rollout_dir, write_json_atomic
 
@@ -80,6 +90,14 @@ def load_policy_file(path: Path) -> tuple[Policy, str]:
         raise InvalidInput(f"policy file {path} is not a valid policy: {exc}", field="FRAUD_POLICY_FILE") from exc
 
 
+class PolicyConflict(Conflict):
+    """A lost compare-and-swap; ``current`` is the document that won."""
+
+    def __init__(self, message: str, *, current: PolicyDoc | None) -> None:
+        super().__init__(message, field="policy")
+        self.current = current
+
+
 class SharedPolicyFile:
     def __init__(self, path: Path, refresh_s: float) -> None:
         self.path = path
@@ -103,6 +121,35 @@ class SharedPolicyFile:
         write_json_atomic(self.path, doc.to_json())
         stat = self.path.stat()
         self._stamp = (stat.st_mtime_ns, stat.st_size)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Exclusive across processes and threads (``flock`` locks an open file description, not a process)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A lock file of its own: the state file is replaced on every write, a lock on it would go with it.
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def commit(self, doc: PolicyDoc, *, expected_revision: int | None) -> None:
+        """Write ``doc`` if the file still holds ``expected_revision`` (None: no document yet).
+
+        Otherwise raises ``PolicyConflict``, whose ``current`` is the winner's document to adopt.
+        """
+        with self.locked():
+            current = self.read()
+            found = current.revision if current is not None else None
+            if found != expected_revision:
+                raise PolicyConflict(
+                    f"the traffic policy changed meanwhile (revision {found}, {current.reason if current else ''}); "
+                    f"this change was planned on revision {expected_revision} and is not applied: check the"
+                    " current policy and retry",
+                    current=current,
+                )
+            self.write(doc)
 
     def changed(self) -> PolicyDoc | None:
         """The file's document when it changed since we last read or wrote it (checked at most every refresh_s)."""

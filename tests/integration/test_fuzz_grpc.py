@@ -125,8 +125,9 @@ def test_bytes_that_are_not_a_request(channel: grpc.Channel, processes_before: d
         code = code_of(lambda: raw(payload, timeout=30))
         try:
             pb.ModelInferRequest.FromString(payload)
-        except Exception:  # noqa: BLE001 - undecodable: grpc-python answers UNKNOWN before our code runs
-            assert code in ALLOWED | {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}, code
+        except Exception:  # noqa: BLE001 - undecodable: grpc-python answers before any of our code runs
+            # grpc-python's own answer to a DecodeError (measured with grpcio 1.81): the one UNKNOWN there is.
+            assert code == grpc.StatusCode.UNKNOWN, code
             return
         assert code in ALLOWED, (code, payload)
 

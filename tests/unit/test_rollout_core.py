@@ -10,22 +10,27 @@ corrupted hgb artifact (its load fails the hash check), rschema another feature 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import multiprocessing
 import random
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import bentoml
 import numpy as np
 import pytest
 
-from fraudserve.errors import InvalidInput, ModelStoreError
+from fraudserve.errors import Conflict, InvalidInput, ModelStoreError
 from fraudserve.inference import InferenceCore
 from fraudserve.local import LocalScorer, load_local
+from fraudserve.rollout import admin, state
 from fraudserve.rollout.cache import ResponseCache, build_cache
 from fraudserve.rollout.engine import Rollout
 from fraudserve.rollout.policy import NO_KEY_NOTE, Policy, Router, ab_bucket
-from fraudserve.rollout.state import SharedPolicyFile
+from fraudserve.rollout.state import PolicyDoc, SharedPolicyFile
 from fraudserve.settings import Settings
 from fraudserve.stream.local_redis import LocalRedis
 from models import registry, store
@@ -315,3 +320,105 @@ def test_registry_aliases_drive_reload(versions: dict[str, str], clean_registry:
     registry.rollback(PREFIX, "stable")
     core.rollout.reload()
     assert asyncio.run(core.score(rows(2), transport="test")).version == "r1"
+
+
+def test_a_policy_whose_member_cannot_score_is_refused_before_it_applies(
+    versions: dict[str, str], tmp_path: Path
+) -> None:
+    core, _ = make_core(tmp_path)  # the real in-process scorer: rbroken's hgb fails its hash check
+    asyncio.run(admin.set_policy(core, Policy(kind="single", stable="r2")))
+    for policy in (
+        Policy(kind="canary", stable="r2", candidate="rbroken", percent=10),
+        Policy(kind="shadow", stable="r2", candidate="rbroken"),  # a shadow that cannot score compares nothing
+    ):
+        with pytest.raises(Conflict, match=r"candidate version rbroken: hgb: .*sha256") as refused:
+            asyncio.run(admin.set_policy(core, policy))
+        assert refused.value.http_status == 409 and refused.value.field == "policy"
+    assert core.rollout.router.versions == {"stable": "r2"}
+    assert asyncio.run(core.score(rows(3), transport="test")).version == "r2"
+    saved = json.loads((tmp_path / "policy.json").read_text())
+    assert (saved["current"]["stable"], saved["previous"]["stable"]) == ("r2", "r1")
+    rolled = asyncio.run(admin.rollback(core))  # the refused changes left the previous policy alone
+    assert rolled["versions"] == {"stable": "r1"} and rolled["warm_up"] == {"r1": "ok"}
+
+
+def test_concurrent_policy_writes_have_one_winner_and_every_worker_converges(
+    versions: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker1, _ = make_core(tmp_path)
+    worker2, _ = make_core(tmp_path)
+    both_read = threading.Barrier(2, timeout=1.0)
+    real_write = state.write_json_atomic
+
+    def write_after_both_read(path: Path, data: object) -> None:
+        # Both writers have read the shared file by now, unless the write is serialised (then this times out).
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_read.wait()
+        real_write(path, data)
+
+    monkeypatch.setattr(state, "write_json_atomic", write_after_both_read)
+    outcomes: dict[str, str] = {}
+
+    def change(name: str, core: InferenceCore, policy: Policy) -> None:
+        try:
+            outcomes[name] = f"applied revision {core.rollout.set_policy(policy)['revision']}"
+        except Conflict:
+            outcomes[name] = "conflict"
+
+    threads = [
+        threading.Thread(target=change, args=("w1", worker1, Policy(kind="single", stable="r1"))),
+        threading.Thread(target=change, args=("w2", worker2, Policy(kind="single", stable="r2"))),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes.values()) == ["applied revision 1", "conflict"], outcomes
+    for core in (worker1, worker2):
+        core.rollout.refresh()
+    winner = worker1 if outcomes["w1"] != "conflict" else worker2
+    assert worker1.rollout.router.versions == worker2.rollout.router.versions == winner.rollout.router.versions
+    assert worker1.rollout.revision == worker2.rollout.revision == 1
+    assert json.loads((tmp_path / "policy.json").read_text())["revision"] == 1
+
+
+def _commit_from_another_process(path: str, stable: str, start: Any, results: Any) -> None:
+    shared = SharedPolicyFile(Path(path), refresh_s=0.0)
+    start.wait()
+    try:
+        shared.commit(PolicyDoc(Policy(kind="single", stable=stable), revision=1), expected_revision=None)
+        results.put(stable)
+    except Conflict:
+        results.put("conflict")
+
+
+def test_compare_and_swap_across_processes_has_exactly_one_winner(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(4), context.Queue()
+    procs = [
+        context.Process(target=_commit_from_another_process, args=(str(tmp_path / "p.json"), f"v{i}", start, results))
+        for i in range(4)
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+    outcomes = sorted(results.get(timeout=5) for _ in procs)
+    assert outcomes.count("conflict") == 3, outcomes
+    (winner,) = (o for o in outcomes if o != "conflict")
+    assert json.loads((tmp_path / "p.json").read_text())["current"]["stable"] == winner
+
+
+def test_workers_starting_with_a_policy_file_apply_it_once(versions: dict[str, str], tmp_path: Path) -> None:
+    config = tmp_path / "policy.yaml"
+    config.write_text("kind: canary\nstable: r1\ncandidate: r2\npercent: 10\n")
+    settings = Settings(
+        model_prefix=PREFIX, model_version="r1", policy_file=config, policy_state_file=tmp_path / "state.json"
+    )
+    spec = store.load_ensemble(PREFIX, "r1")
+    first, second = Rollout.from_settings(spec, settings), Rollout.from_settings(spec, settings)
+    assert first.revision == second.revision == 1
+    assert first.router.versions == second.router.versions == {"stable": "r1", "candidate": "r2"}
+    first.set_policy(Policy(kind="single", stable="r2"))
+    restarted = Rollout.from_settings(spec, settings)  # the config did not change: the admin's change stays
+    assert (restarted.revision, restarted.router.versions) == (2, {"stable": "r2"})
