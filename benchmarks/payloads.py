@@ -6,7 +6,10 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from fraudserve.oip.proto import grpc_service_pb2 as pb
+# The client-side copy of the proto (wire-compatible with ours, test_oip_proto.py): a process that also imports
+# tritonclient (tests, load clients) cannot load both.
+import tritonclient.grpc.service_pb2 as pb
+
 from fraudserve.schema import FeatureSchema
 
 _DATATYPE = {"float": "FP64", "int": "INT64", "bool": "BOOL", "category": "BYTES"}

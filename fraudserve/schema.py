@@ -195,7 +195,8 @@ def _pydantic_field(f: Feature) -> Any:
         assert f.categories is not None
         return (Literal[f.categories], Field(..., description=description))  # type: ignore[valid-type]
     if f.kind == "bool":
-        return (bool, Field(..., description=description))
+        # The encoder takes 0/1 for a boolean too (as CSV files and many JSON producers write them).
+        return (bool | Literal[0, 1], Field(..., description=description))
     base: Any = int if f.kind == "int" else float
     constrained = Annotated[base, Field(ge=f.minimum, le=f.maximum, strict=False)]
     return (constrained, Field(..., description=description))

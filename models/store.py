@@ -95,6 +95,8 @@ def resolve_version(prefix: str, version: str) -> str:
         raise ModelStoreError(
             f"no model {model_name(prefix, ENSEMBLE)}:{version} in the store; run `make models` first"
         ) from None
+    except (ValueError, bentoml.exceptions.BentoMLException) as exc:  # not even a valid BentoML tag
+        raise ModelStoreError(f"{version!r} is not a valid model version: {exc}") from None
 
 
 def load_member(model: bentoml.Model) -> Any:

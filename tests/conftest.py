@@ -20,6 +20,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):
         home = tempfile.mkdtemp(prefix="fraud-test-bentoml-")
         os.environ[_HOME_ENV] = home
+        # Rate limits, response caches and policy refresh are per API worker, so what a test sees would depend
+        # on which of two workers answers: servers under test run one unless a test asks for two.
+        os.environ.setdefault("FRAUD_API_WORKERS", "1")
         config._fraud_bentoml_home = home  # type: ignore[attr-defined]
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from bentoml.exceptions import BentoMLException
 
 from fraudserve.ensemble import EnsembleSpec
-from fraudserve.errors import FraudServeError, InvalidInput, ModelStoreError, NotFound
+from fraudserve.errors import Conflict, FraudServeError, ModelStoreError, NotFound
 from fraudserve.rollout.cache import ResponseCache, build_cache
 from fraudserve.rollout.metrics import (
     POLICY_CHANGES,
@@ -238,7 +238,7 @@ class Rollout:
         doc = self._latest()
         previous = doc.previous if doc else self.previous
         if previous is None:
-            raise InvalidInput("there is no previous policy to roll back to", field="policy")
+            raise Conflict("there is no previous policy to roll back to", field="policy")
         return Change(self._router(previous), doc, "rollback")
 
     def plan_reload(self) -> Change:
@@ -315,9 +315,10 @@ class Rollout:
                 versions[variant] = ref if ref in self.specs else store.resolve_version(self.prefix, ref)
                 spec = self.spec(versions[variant])
             except ModelStoreError as exc:
-                raise InvalidInput(f"{variant}: {exc.message}", field=f"policy.{variant}") from exc
+                # A well-formed policy that the model store cannot serve (now): 409, like a version that cannot score.
+                raise Conflict(f"{variant}: {exc.message}", field=f"policy.{variant}") from exc
             if not self._compatible(spec):
-                raise InvalidInput(f"{variant}: {self._incompatible(spec)}", field=f"policy.{variant}")
+                raise Conflict(f"{variant}: {self._incompatible(spec)}", field=f"policy.{variant}")
         return Router(policy, versions)
 
     def pinned(self, version: str) -> EnsembleSpec:

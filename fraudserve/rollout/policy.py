@@ -17,26 +17,29 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PolicyKind = Literal["single", "canary", "ab", "shadow", "blue_green"]
+# What a BentoML tag accepts as a version (aliases such as ``stable`` fit too): anything else can name no model.
+VersionRef = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$")]
 
 
 class Policy(BaseModel):
     """A traffic policy, as set through ``POST /admin/policy`` or FRAUD_POLICY_FILE."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: "50" is not a percentage; the OpenAPI document promises numbers, and so does a policy file's YAML.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     kind: PolicyKind = Field("single", description="How requests are split between versions.")
-    stable: str = Field("stable", min_length=1, description="Version (or alias) serving by default.")
-    candidate: str | None = Field(None, min_length=1, description="canary / ab (b side) / shadow version.")
+    stable: VersionRef = Field("stable", description="Version (or alias) serving by default.")
+    candidate: VersionRef | None = Field(None, description="canary / ab (b side) / shadow version.")
     percent: float = Field(0.0, ge=0.0, le=100.0, description="canary / ab: share of traffic on the candidate.")
     salt: str = Field("ab", max_length=128, description="ab: changes which keys land in b (a new experiment).")
     shadow_percent: float = Field(100.0, ge=0.0, le=100.0, description="shadow: share of requests mirrored.")
-    blue: str | None = Field(None, min_length=1, description="blue_green: the blue version.")
-    green: str | None = Field(None, min_length=1, description="blue_green: the green version.")
+    blue: VersionRef | None = Field(None, description="blue_green: the blue version.")
+    green: VersionRef | None = Field(None, description="blue_green: the green version.")
     active: Literal["blue", "green"] = Field("blue", description="blue_green: the colour that serves.")
 
     @model_validator(mode="after")

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+import tritonclient.grpc.service_pb2 as pb  # not ours: two copies of the proto collide (test_oip_proto.py)
 import yaml
 
 from benchmarks import loadgen, payloads
@@ -16,7 +17,6 @@ from benchmarks.grpc_load import pack, unpack
 from benchmarks.loadgen import Point
 from benchmarks.mlserver import fraud_store
 from benchmarks.peers import model_settings, role_of
-from fraudserve.oip.proto import grpc_service_pb2 as pb
 from models.transactions import TRANSACTION_SCHEMA, generate_transactions
 
 WRK_OUTPUT = """\

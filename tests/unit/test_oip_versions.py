@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.grpc.service_pb2 as pb  # not ours: two copies of the proto collide (test_oip_proto.py)
 
 from fraudserve.errors import InvalidInput, NotFound
 from fraudserve.inference import InferenceCore
 from fraudserve.oip.codec import Tensor
 from fraudserve.oip.dataplane import DataPlane, InferRequest, InferResponse, routing_key_parameter
-from fraudserve.oip.proto import grpc_service_pb2 as pb
 from fraudserve.rollout.policy import Policy
 from tests.unit.test_rollout_core import CountingScorer, derive_version, make_core, rows
 

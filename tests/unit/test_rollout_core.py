@@ -23,7 +23,7 @@ import bentoml
 import numpy as np
 import pytest
 
-from fraudserve.errors import Conflict, InvalidInput, ModelStoreError
+from fraudserve.errors import Conflict, ModelStoreError
 from fraudserve.inference import InferenceCore
 from fraudserve.local import LocalScorer, load_local
 from fraudserve.rollout import admin, state
@@ -195,13 +195,13 @@ def test_blue_green_switch_and_rollback_shared_by_workers(versions: dict[str, st
 
 def test_bad_policies_are_refused_and_change_nothing(versions: dict[str, str], tmp_path: Path) -> None:
     core, _ = make_core(tmp_path)
-    with pytest.raises(InvalidInput, match="another feature schema") as schema:
+    with pytest.raises(Conflict, match="another feature schema") as schema:
         core.rollout.set_policy(Policy(kind="canary", stable="r1", candidate="rschema", percent=10))
     assert schema.value.field == "policy.candidate"
-    with pytest.raises(InvalidInput, match="no model roll_ensemble:nope"):
+    with pytest.raises(Conflict, match="no model roll_ensemble:nope"):
         core.rollout.set_policy(Policy(kind="shadow", stable="r1", candidate="nope"))
     assert core.rollout.router.policy.kind == "single"
-    with pytest.raises(InvalidInput, match="no previous policy"):
+    with pytest.raises(Conflict, match="no previous policy"):
         core.rollout.rollback()
 
 
