@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -24,7 +23,7 @@ from typing import Any
 import httpx
 import psutil
 
-from fraudserve.launcher import PROJECT_ROOT, BundleServer, free_port
+from fraudserve.launcher import PROJECT_ROOT, BundleServer, free_port, stop_group
 
 MLSERVER_DIR = Path(__file__).resolve().parent / "mlserver"
 MODEL_NAME = "fraud_ensemble"
@@ -143,26 +142,6 @@ class MLServerPeer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
-
-
-def stop_group(process: subprocess.Popen[bytes] | None, grace_s: float = 20.0) -> None:
-    """SIGTERM the process group of ``process`` (started with start_new_session), SIGKILL what outlives it."""
-    if process is None or process.poll() is not None:
-        return
-    descendants = psutil.Process(process.pid).children(recursive=True)
-    pgid = os.getpgid(process.pid)
-    os.killpg(pgid, signal.SIGTERM)
-    try:
-        process.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(pgid, signal.SIGKILL)
-        process.wait(timeout=10)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
-    _, alive = psutil.wait_procs(descendants, timeout=10)
-    for leftover in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            leftover.kill()
 
 
 def process_roles(root_pid: int, *, root_role: str | None = None) -> dict[int, str]:

@@ -113,29 +113,9 @@ class BundleServer:
 
     def stop(self) -> None:
         try:
-            self._stop_process()
+            stop_group(self.process)
         finally:
             shutil.rmtree(self.home, ignore_errors=True)
-
-    def _stop_process(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        # BentoML 1.4 puts its workers in process groups of their own: remember every descendant
-        # before the arbiter goes, so that none can outlive it.
-        descendants = psutil.Process(self.process.pid).children(recursive=True)
-        pgid = os.getpgid(self.process.pid)
-        os.killpg(pgid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(pgid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-        _, alive = psutil.wait_procs(descendants, timeout=10)
-        for process in alive:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.kill()
 
     def __enter__(self) -> BundleServer:
         return self.start()
@@ -144,3 +124,25 @@ class BundleServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def stop_group(process: subprocess.Popen[bytes] | None, grace_s: float = 20.0) -> None:
+    """SIGTERM the process group of ``process`` (started with start_new_session), SIGKILL what outlives it."""
+    if process is None or process.poll() is not None:
+        return
+    # BentoML 1.4 puts its workers in process groups of their own: remember every descendant
+    # before the arbiter goes, so that none can outlive it.
+    descendants = psutil.Process(process.pid).children(recursive=True)
+    pgid = os.getpgid(process.pid)
+    os.killpg(pgid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(pgid, signal.SIGKILL)
+        process.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    _, alive = psutil.wait_procs(descendants, timeout=10)
+    for leftover in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            leftover.kill()
