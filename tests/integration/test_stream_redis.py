@@ -291,14 +291,7 @@ def test_bad_and_poison_messages_go_to_the_dead_letter_stream_with_reasons(
     config = WorkerConfig(
         "in-process", batch_size=64, block_ms=50, claim_idle_ms=1_000, claim_interval_ms=1, max_deliveries=3
     )
-    with StreamWorker(broker, local_core(settings), config) as worker:
-        deadline = time.monotonic() + 30
-        while (
-            client.xinfo_groups(settings.stream_input)[0]["pending"]
-            or client.xinfo_groups(settings.stream_input)[0]["lag"]
-        ):
-            assert time.monotonic() < deadline, "the worker did not finish"
-            worker.step()
+    drain(StreamWorker(broker, local_core(settings), config), client, settings.stream_input)
     broker.close()
 
     letters = {f["source_id"]: f for _, f in client.xrange(settings.stream_dead_letter)}
@@ -351,14 +344,7 @@ def test_a_scoring_failure_not_caused_by_the_message_is_retried_until_max_delive
     config = WorkerConfig(
         "in-process", batch_size=64, block_ms=50, claim_idle_ms=300, claim_interval_ms=1, max_deliveries=3
     )
-    with StreamWorker(broker, core, config) as worker:
-        deadline = time.monotonic() + 30
-        while (
-            client.xinfo_groups(settings.stream_input)[0]["pending"]
-            or client.xinfo_groups(settings.stream_input)[0]["lag"]
-        ):
-            assert time.monotonic() < deadline, "the worker did not finish"
-            worker.step()
+    drain(StreamWorker(broker, core, config), client, settings.stream_input)
     broker.close()
 
     letters = {f["source_id"]: f for _, f in client.xrange(settings.stream_dead_letter)}
@@ -413,3 +399,12 @@ def test_produce_maxlen_never_trims_what_the_group_has_not_acknowledged(
     group = client.xinfo_groups(stream)[0]
     assert (group["pending"], group["lag"]) == (0, 6)
     broker.close()
+
+
+def drain(worker: StreamWorker, client: redis.Redis, stream: str, timeout_s: float = 30.0) -> None:
+    """Step an in-process worker until the group has nothing pending and nothing undelivered."""
+    with worker:
+        deadline = time.monotonic() + timeout_s
+        while client.xinfo_groups(stream)[0]["pending"] or client.xinfo_groups(stream)[0]["lag"]:
+            assert time.monotonic() < deadline, "the worker did not finish"
+            worker.step()
