@@ -74,6 +74,8 @@ async def drive(url: str, rows: list[dict[str, Any]], concurrency: int, duration
 
 def serve_and_drive(batching: bool, rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     env = {
+        # Both batchers: the entry worker's (one runner call per batch) and the runners' own.
+        "FRAUD_ENTRY_BATCHING_ENABLED": str(batching).lower(),
         "FRAUD_BATCHING_ENABLED": str(batching).lower(),
         "FRAUD_GRPC_ENABLED": "false",
         "FRAUD_API_WORKERS": str(args.api_workers),

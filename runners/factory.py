@@ -5,7 +5,7 @@ Each runner loads its model from the store by tag in ``__init__`` in the runtime
 scikit-learn as setting or fallback; per version, as each version is loaded) and exposes two APIs:
 ``score`` is batchable (BentoML's adaptive micro-batching, sized from settings) and
 ``score_bulk`` is not, so that a large request is never shed by the ``max_latency_ms``
-deadline of the batcher (DESIGN.md: the deadline kills big requests part-way).
+deadline of the batcher (docs/architecture.md: the deadline kills big requests part-way).
 
 Both take the encoded features with ONE extra leading column: the version code of each row
 (``fraudserve.rollout.versions``). A batch may mix versions (canary, shadow and stable requests

@@ -44,7 +44,7 @@ log() { printf '==> %s\n' "$*" >&2; }
 
 write_container_config() {
     mkdir -p "$STATE"/{storage,run,tmp}
-    # Measured on this VM (DESIGN.md): crun fails on hybrid cgroups, systemd is not the cgroup manager here.
+    # Measured on this VM (docs/architecture.md): crun fails on hybrid cgroups, systemd is not the cgroup manager here.
     cat >"$STATE/containers.conf" <<EOF
 [containers]
 netns = "host"

@@ -5,7 +5,7 @@ Executors read the input themselves and score it with ``mapInPandas`` (Arrow bat
 models travel with the job (exported archives added with ``SparkContext.addFile`` and imported
 into each executor's store), so executors need the bundle's Python packages but not the
 driver's BENTOML_HOME; ``--no-ship-models`` makes them use their own BENTOML_HOME instead.
-(``bentoml.batch.run_in_spark`` cannot run new-style services in BentoML 1.4: see DESIGN.md.)
+(``bentoml.batch.run_in_spark`` cannot run new-style services in BentoML 1.4: see docs/architecture.md.)
 
 Row numbers equal the local engine's (0-based across the files in path order): a first pass
 counts the rows of each input split, a second numbers each split's rows from that offset.

@@ -14,7 +14,7 @@ from fraudserve.settings import Settings
 
 from .broker import CommitResult, DeadLetter, Delivery, GroupStats, Outcome, Reclaimed, Trimmed
 
-# Writing the outputs and the XACK in one atomic step is what DESIGN.md measured as "0 duplicates
+# Writing the outputs and the XACK in one atomic step is what docs/architecture.md records as "0 duplicates
 # after a kill mid-batch". A script (rather than MULTI/EXEC) can also check, inside that step,
 # that the source message is still pending: a message no longer pending was already written and
 # acknowledged by someone (a slow consumer whose batch was reclaimed), so the pending entries
