@@ -186,6 +186,9 @@ class KafkaBroker:
                     raise Unavailable(f"kafka: {error}")
                 log.warning("kafka consumer: %s", error)
                 continue
+            if (message.topic(), message.partition()) not in self._assigned:
+                # Fetched before its partition was revoked in this very call: the new owner reads it.
+                continue
             deliveries.append(self._track(message))
         return deliveries
 
