@@ -172,6 +172,36 @@ class Settings(BaseSettings):
             " exists (or it is asked to stop)."
         ),
     )
+    stream_broker: Literal["redis", "kafka"] = Field(
+        "redis", description="Broker of `fraud-stream` (worker, produce, stats): `redis` or `kafka`."
+    )
+    # Kafka as a stream source (fraudserve/stream/kafka_broker.py, issue 15). Kafka topic names cannot hold
+    # the ":" of the Redis stream names, hence topics of their own; the group is FRAUD_STREAM_GROUP.
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers (HOST:PORT, comma-separated).")
+    kafka_input_topic: str = Field("fraud.transactions", description="Topic the Kafka worker reads transactions from.")
+    kafka_output_topic: str = Field("fraud.scores", description="Topic every score is written to (Kafka).")
+    kafka_alerts_topic: str = Field(
+        "fraud.alerts", description="Topic of the scores at or above the threshold (Kafka)."
+    )
+    kafka_dead_letter_topic: str = Field(
+        "fraud.dead-letter", description="Topic of the messages that cannot be scored, with the reason (Kafka)."
+    )
+    kafka_partitions: int = Field(
+        3, ge=1, description="Partitions of the topics the Kafka worker or producer creates when they are missing."
+    )
+    kafka_session_timeout_ms: int = Field(
+        10_000,
+        ge=1_000,
+        description="A Kafka consumer silent this long is presumed dead; its partitions go to the others.",
+    )
+    kafka_fault_hold_before_commit_s: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "Tests only: the Kafka worker sleeps this long after producing a batch's outputs and before committing"
+            " its offsets, so a kill lands mid-batch. 0: off."
+        ),
+    )
     # hardening: API keys, rate limits, request limits (fraudserve/security)
     api_keys: SecretStr = Field(
         SecretStr(""),

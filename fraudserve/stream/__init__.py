@@ -2,6 +2,6 @@
 
 ``fraud-stream worker`` reads micro-batches, scores them in-process with the same inference core as
 the served bundle, writes each score (and each alert) and acknowledges the messages in one atomic
-step: at-least-once delivery with idempotent outputs. The broker sits behind ``broker.Broker``;
-Redis Streams is the one implementation today.
+step: at-least-once delivery with idempotent outputs. The broker sits behind ``broker.Broker``:
+Redis Streams (``redis_broker``) or Kafka (``kafka_broker``, outputs keyed by source, then offsets).
 """

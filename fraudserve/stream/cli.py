@@ -1,6 +1,7 @@
-"""fraud-stream: score transactions from a Redis stream, at least once, nothing lost.
+"""fraud-stream: score transactions from a Redis stream or a Kafka topic, at least once, nothing lost.
 
   fraud-stream worker                       # one consumer of the group; run several to share the load
+  fraud-stream worker --broker kafka --bootstrap 127.0.0.1:9092
   fraud-stream produce --generate 10000 --rate 500
   fraud-stream produce --file txns.csv --id-column txn_id
   fraud-stream stats                        # stream lengths, group lag, pending per consumer
@@ -8,8 +9,10 @@
 Messages: one field "data" with a JSON object of one transaction (plus optional "txn_id").
 Scores go to FRAUD_STREAM_OUTPUT, scores at or above the threshold also to FRAUD_STREAM_ALERTS,
 messages that cannot be scored to FRAUD_STREAM_DEAD_LETTER with the reason. Settings: FRAUD_REDIS_URL,
-FRAUD_STREAM_* (see README). The worker stops gracefully on SIGTERM / Ctrl-C (finishes its batch).
-exit status: 0 done, 2 bad input or usage, 3 models or Redis unavailable.
+FRAUD_STREAM_* (see README). On Kafka (--broker kafka) the message value is that JSON object, and the
+topics are FRAUD_KAFKA_INPUT_TOPIC, FRAUD_KAFKA_OUTPUT_TOPIC, FRAUD_KAFKA_ALERTS_TOPIC and
+FRAUD_KAFKA_DEAD_LETTER_TOPIC. The worker stops gracefully on SIGTERM / Ctrl-C (finishes its batch).
+exit status: 0 done, 2 bad input or usage, 3 models or the broker unavailable.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from threadpoolctl import threadpool_limits
 from fraudserve.errors import FraudServeError, InvalidInput, ModelStoreError, Unavailable
 from fraudserve.settings import Settings, get_settings
 
+from .broker import Broker
 from .producer import from_file, generated, produce
 from .redis_broker import RedisStreams
 from .worker import StreamWorker, WorkerConfig
@@ -44,8 +48,16 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--redis-url", default=settings.redis_url, help="default FRAUD_REDIS_URL")
     p.add_argument("-v", "--verbose", action="store_true", help="log every reclaim and batch decision")
     sub = p.add_subparsers(dest="command", required=True)
+    # On each subcommand, so that `fraud-stream worker --broker kafka` reads as it is documented.
+    brokers = argparse.ArgumentParser(add_help=False)
+    brokers.add_argument(
+        "--broker", choices=("redis", "kafka"), default=settings.stream_broker, help="default FRAUD_STREAM_BROKER"
+    )
+    brokers.add_argument("--bootstrap", default=settings.kafka_bootstrap, help="Kafka: default FRAUD_KAFKA_BOOTSTRAP")
 
-    w = sub.add_parser("worker", help="consume, score, write scores / alerts / dead letters, acknowledge")
+    w = sub.add_parser(
+        "worker", parents=[brokers], help="consume, score, write scores / alerts / dead letters, acknowledge"
+    )
     w.add_argument("--consumer", default=f"{socket.gethostname()}-{os.getpid()}", help="name in the group")
     w.add_argument("--batch-size", type=_positive, default=settings.stream_batch_size, help="messages per read")
     w.add_argument("--block-ms", type=_positive, default=settings.stream_block_ms)
@@ -55,7 +67,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     w.add_argument("--metrics-port", type=int, default=settings.stream_metrics_port, help="0: no /metrics")
     w.add_argument("--model-version", default=settings.model_version, help="ensemble version in the model store")
 
-    pr = sub.add_parser("produce", help="append transactions to the input stream")
+    pr = sub.add_parser("produce", parents=[brokers], help="append transactions to the input stream")
     source = pr.add_mutually_exclusive_group(required=True)
     source.add_argument("--generate", type=_positive, metavar="N", help="N seeded generated transactions")
     source.add_argument("--file", type=Path, help="a .csv or .jsonl file of transactions")
@@ -65,10 +77,10 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     pr.add_argument(
         "--maxlen",
         type=_positive,
-        help="trim the input stream to this many messages, never one the consumer group has not acknowledged",
+        help="Redis: trim the input stream to this many messages, never one the consumer group has not acknowledged",
     )
 
-    st = sub.add_parser("stats", help="stream lengths, consumer-group lag and pending messages")
+    st = sub.add_parser("stats", parents=[brokers], help="stream lengths, consumer-group lag and pending messages")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
@@ -103,7 +115,7 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     from fraudserve.local import local_core
 
     core = local_core(settings, args.model_version)
-    broker = RedisStreams.connect(settings, args.consumer, url=args.redis_url)
+    broker = connect(args, settings, args.consumer)
     config = WorkerConfig(
         consumer=args.consumer,
         batch_size=args.batch_size,
@@ -119,7 +131,22 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
         return _serve(worker, broker, args, settings)
 
 
-def _serve(worker: StreamWorker, broker: RedisStreams, args: argparse.Namespace, settings: Settings) -> int:
+def connect(args: argparse.Namespace, settings: Settings, consumer: str) -> Broker:
+    if args.broker == "kafka":
+        from .kafka_broker import KafkaBroker
+
+        return KafkaBroker.connect(settings, consumer, bootstrap=args.bootstrap)
+    return RedisStreams.connect(settings, consumer, url=args.redis_url)
+
+
+def names(args: argparse.Namespace, settings: Settings) -> tuple[str, str]:
+    """Input and output stream (Redis) or topic (Kafka)."""
+    if args.broker == "kafka":
+        return settings.kafka_input_topic, settings.kafka_output_topic
+    return settings.stream_input, settings.stream_output
+
+
+def _serve(worker: StreamWorker, broker: Broker, args: argparse.Namespace, settings: Settings) -> int:
     def stop(signum: int, frame: FrameType | None) -> None:
         log.info("%s: finishing the batch in flight", signal.Signals(signum).name)
         worker.request_stop()
@@ -133,9 +160,9 @@ def _serve(worker: StreamWorker, broker: RedisStreams, args: argparse.Namespace,
 
         start_http_server(args.metrics_port)
     log.info(
-        "scoring %s -> %s as %s/%s (model %s, metrics :%s)",
-        settings.stream_input,
-        settings.stream_output,
+        "scoring %s %s -> %s as %s/%s (model %s, metrics :%s)",
+        args.broker,
+        *names(args, settings),
         settings.stream_group,
         args.consumer,
         worker.core.spec.version,
@@ -149,14 +176,16 @@ def _serve(worker: StreamWorker, broker: RedisStreams, args: argparse.Namespace,
 
 
 def run_produce(args: argparse.Namespace, settings: Settings) -> int:
+    if args.broker == "kafka" and args.maxlen is not None:
+        raise InvalidInput("Kafka topics are trimmed by their retention settings, not by --maxlen", field="maxlen")
     messages = generated(args.generate, args.seed) if args.generate else from_file(args.file, args.id_column)
-    broker = RedisStreams.connect(settings, "producer", url=args.redis_url)
+    broker = connect(args, settings, "producer")
     try:
         report = produce(broker, messages, rate_per_s=args.rate, maxlen=args.maxlen)
     finally:
         broker.close()
     print(
-        f"sent {report.sent} messages to {settings.stream_input}"
+        f"sent {report.sent} messages to {names(args, settings)[0]}"
         f" in {report.elapsed_s:.2f} s ({report.rate_per_s:.0f}/s)"
     )
     if args.maxlen is not None:
@@ -170,7 +199,7 @@ def run_produce(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_stats(args: argparse.Namespace, settings: Settings) -> int:
-    broker = RedisStreams.connect(settings, "stats", url=args.redis_url)
+    broker = connect(args, settings, "stats")
     try:
         stats = broker.stats()
     finally:
@@ -179,7 +208,7 @@ def run_stats(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(asdict(stats), indent=2))
         return 0
     lag = "unknown" if stats.lag is None else stats.lag
-    print(f"input {settings.stream_input}: {stats.length} messages, lag {lag}, pending {stats.pending}")
+    print(f"input {names(args, settings)[0]}: {stats.length} messages, lag {lag}, pending {stats.pending}")
     for name, pending in sorted(stats.consumers.items()):
         print(f"  consumer {name}: {pending} pending")
     for kind, n in stats.outputs.items():

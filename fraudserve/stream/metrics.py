@@ -37,3 +37,11 @@ LAG = Gauge("fraud_stream_lag", "Input messages not yet delivered to the consume
 PENDING = Gauge("fraud_stream_pending", "Messages delivered to the group but not yet acknowledged.")
 THROUGHPUT = Gauge("fraud_stream_throughput_per_s", "Messages this worker finished per second, recent average.")
 BROKER_ERRORS = Counter("fraud_stream_broker_errors", "Failed calls to the broker (the worker backs off and retries).")
+KAFKA_PARTITION_LAG = Gauge(
+    "fraud_stream_kafka_partition_lag",
+    "Kafka: high watermark minus the group's committed offset, per input partition this worker owns.",
+    ["topic", "partition"],
+)
+KAFKA_REBALANCES = Counter(
+    "fraud_stream_kafka_rebalances", "Kafka: partitions assigned to or taken from this worker.", ["event"]
+)
