@@ -99,7 +99,8 @@ def score_values(
     txn_id: str | None, probability: float, is_fraud: bool, member_scores: Iterable[float]
 ) -> tuple[str, ...]:
     """The per-message values of ``score_layout``'s columns (no txn_id: that column is left out)."""
-    scores = (repr(round(probability, 6)), "1" if is_fraud else "0", *[repr(round(s, 6)) for s in member_scores])
+    # ".6f" parses back to the same float as repr(round(x, 6)) and costs a quarter of it (5 per message).
+    scores = (f"{probability:.6f}", "1" if is_fraud else "0", *[f"{s:.6f}" for s in member_scores])
     return scores if txn_id is None else (txn_id, *scores)
 
 

@@ -23,7 +23,6 @@ from .broker import CommitResult, DeadLetter, Delivery, GroupStats, Outcome, Rec
 _COMMIT = """
 local group, maxlen = ARGV[1], tonumber(ARGV[2])
 local function add(key, fields)
-  if maxlen > 0 then return redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', unpack(fields)) end
   return redis.call('XADD', key, '*', unpack(fields))
 end
 local ncols = tonumber(ARGV[3])
@@ -62,6 +61,10 @@ while i <= #ARGV do
   else
     duplicates = duplicates + 1
   end
+end
+-- One approximate trim per stream and call rather than a MAXLEN on every XADD: the same cap, fewer arguments.
+if maxlen > 0 then
+  for k = 2, 4 do redis.call('XTRIM', KEYS[k], 'MAXLEN', '~', maxlen) end
 end
 return {written, duplicates}
 """
