@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import redis
+from redis.utils import HIREDIS_AVAILABLE
 
 from fraudserve.settings import Settings
 from fraudserve.stream.local_redis import LocalRedis
@@ -79,6 +81,16 @@ def bare_loop(url: str, settings: Settings, consumer: str, batch_size: int, read
             pipe.xadd(output, {"source_id": mid, **_BARE_FIELDS})  # type: ignore[arg-type]
         pipe.xack(stream, group, *[mid for mid, _ in entries])
         pipe.execute()
+
+
+def _cpu_s(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+def _redis_cpu_s(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 class Scenario:
@@ -212,9 +224,13 @@ def max_throughput(
         broker = RedisStreams.connect(scenario.settings, "bench")
         produce(broker, messages, chunk=2_000)
         broker.close()
+        scenario.client.config_resetstat()
+        consumers = [psutil.Process(pid) for pid in scenario.pids]
+        cpu_before = sum(_cpu_s(c) for c in consumers), _redis_cpu_s(scenario.client)
         resumed_ms = scenario.redis_ms()
         scenario.signal(signal.SIGCONT)
         scenario.wait_scored(len(messages))
+        cpu_after = sum(_cpu_s(c) for c in consumers), _redis_cpu_s(scenario.client)
         last = scenario.client.xrevrange(scenario.settings.stream_output, count=1)
         span_s = (ms(last[0][0]) - resumed_ms) / 1000.0
         per_worker: dict[str, int] = {}
@@ -227,6 +243,9 @@ def max_throughput(
             "messages": len(messages),
             "events_per_s": round(len(messages) / span_s, 1),
             "drain_s": round(span_s, 3),
+            # CPU per message moves far less with the machine's load than events/s does.
+            "consumer_cpu_us_per_msg": round((cpu_after[0] - cpu_before[0]) / len(messages) * 1e6, 1),
+            "redis_cpu_us_per_msg": round((cpu_after[1] - cpu_before[1]) / len(messages) * 1e6, 1),
             "per_worker": per_worker if not bare else {},
             "redis_usec_per_call": {
                 k.removeprefix("cmdstat_"): v["usec_per_call"] for k, v in stats.items() if v["calls"] >= 100
@@ -265,22 +284,24 @@ def main(argv: list[str] | None = None) -> int:
         "load_avg_after": [round(x, 2) for x in os.getloadavg()],
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "redis": f"redis-server {version}, AOF on (appendonly yes, fsync everysec)",
+        "hiredis": HIREDIS_AVAILABLE,
         "batch_size": args.batch_size,
         "fixed_rate": rates,
         "max_throughput": maxes,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print("| run | consumer | workers | events/s | vs bare | p50 ms | p99 ms |\n|---|---|---|---|---|---|---|")
+    print("| run | consumer | workers | events/s | vs bare | p50 ms | p99 ms | CPU us/msg: consumers + redis |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rates:
         print(
             f"| fixed rate {args.rate:.0f}/s | {r['consumer']} | 1 | {r['events_per_s']} | - |"
-            f" {r['latency_p50_ms']:.0f} | {r['latency_p99_ms']:.0f} |"
+            f" {r['latency_p50_ms']:.0f} | {r['latency_p99_ms']:.0f} | - |"
         )
     for m in maxes:
         print(
             f"| backlog of {m['messages']:,} | {m['consumer']} | {m['workers']} | {m['events_per_s']} |"
-            f" {m.get('vs_bare', '-')} | - | - |"
+            f" {m.get('vs_bare', '-')} | - | - | {m['consumer_cpu_us_per_msg']} + {m['redis_cpu_us_per_msg']} |"
         )
     print(f"load average before {result['load_avg_before']}, after {result['load_avg_after']}; written {RESULTS}")
     return 0
