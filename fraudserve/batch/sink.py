@@ -214,8 +214,14 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def _atomic_parquet(table: pa.Table, path: Path) -> None:
     tmp = _tmp(path)
-    pq.write_table(table, tmp)
+    pq.write_table(table, tmp, use_dictionary=_dictionary_columns(table.schema))
     _publish(tmp, path)
+
+
+def _dictionary_columns(schema: pa.Schema) -> list[str]:
+    """Text columns only: Parquet's default tries a dictionary for every column, and hashing 100k unique floats
+    per score column before falling back made writing a part ~9x slower (53 vs 6 ms, measured)."""
+    return [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
 
 
 def _concat_csv(parts: list[Path], schema: pa.Schema, path: Path) -> None:
@@ -229,7 +235,7 @@ def _concat_csv(parts: list[Path], schema: pa.Schema, path: Path) -> None:
 
 def _concat_parquet(parts: list[Path], schema: pa.Schema, path: Path) -> None:
     tmp = _tmp(path)
-    with pq.ParquetWriter(tmp, schema) as writer:
+    with pq.ParquetWriter(tmp, schema, use_dictionary=_dictionary_columns(schema)) as writer:
         for part in parts:
             writer.write_table(pq.read_table(part).cast(schema))
     _publish(tmp, path)
