@@ -75,7 +75,7 @@ redis-stop:
 stream-worker: models redis  ## one fraud-stream consumer (run several to share the load)
 	.venv/bin/fraud-stream worker
 
-bench-stream: models  ## fraud-stream latency at a fixed rate + max throughput, 1 and 2 workers; writes benchmarks/results/stream.json
+bench-stream: models  ## fraud-stream at a fixed rate + from a backlog (1 and 2 workers) next to a bare Redis loop; writes benchmarks/results/stream.json
 	bash scripts/system-deps.sh redis
 	$(PY) -m benchmarks.stream
 

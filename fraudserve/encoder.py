@@ -20,8 +20,8 @@ from fraudserve.errors import InvalidInput
 if TYPE_CHECKING:
     from fraudserve.schema import Feature, FeatureSchema
 
-# (value, field path) -> encoded cell; the field path is built only when a cell is rejected.
-CellEncoder = Callable[[Any, Callable[[], str]], float]
+# (value, path of its row) -> encoded cell; the field's full path is built only when a cell is rejected.
+CellEncoder = Callable[[Any, str], float]
 
 
 class RecordEncoder:
@@ -42,10 +42,12 @@ class RecordEncoder:
             if strict and not self.known.issuperset(record):
                 extra = sorted(str(k) for k in record if k not in self.known)
                 raise InvalidInput(f"unknown field; expected {list(self.names)}", field=f"{prefix}[{r}].{extra[0]}")
-            row = out[r]
-            for c, (name, cell) in enumerate(self._cells):
-                row[c] = cell(record.get(name), lambda r=r, name=name: f"{prefix}[{r}].{name}")  # type: ignore[misc]
+            out[r] = self.values(record, f"{prefix}[{r}]")
         return out
+
+    def values(self, record: Mapping[str, Any], path: str) -> list[float]:
+        """One row's encoded cells (unknown fields ignored); errors name ``{path}.field``."""
+        return [cell(record.get(name), path) for name, cell in self._cells]
 
 
 @lru_cache(maxsize=16)
@@ -57,25 +59,27 @@ def encoder_for(schema: FeatureSchema) -> RecordEncoder:
 def _compile(feature: Feature) -> CellEncoder:
     from fraudserve.schema import encode_value
 
-    def slow(value: Any, field: Callable[[], str]) -> float:
-        return encode_value(feature, value, field())
+    name = feature.name
+
+    def slow(value: Any, path: str) -> float:
+        return encode_value(feature, value, f"{path}.{name}")
 
     if feature.kind == "category":
         index = {name: float(i) for i, name in enumerate(feature.categories or ())}
 
-        def category(value: Any, field: Callable[[], str]) -> float:
+        def category(value: Any, path: str) -> float:
             code = index.get(value) if type(value) is str else None
-            return slow(value, field) if code is None else code
+            return slow(value, path) if code is None else code
 
         return category
     if feature.kind == "bool":
 
-        def boolean(value: Any, field: Callable[[], str]) -> float:
+        def boolean(value: Any, path: str) -> float:
             if value is True:
                 return 1.0
             if value is False:
                 return 0.0
-            return slow(value, field)
+            return slow(value, path)
 
         return boolean
     lo = -math.inf if feature.minimum is None else feature.minimum
@@ -83,11 +87,11 @@ def _compile(feature: Feature) -> CellEncoder:
     # bool is a subclass of int: ``type(v) is int`` keeps True/False on the slow path, which refuses them.
     fast_types: tuple[type, ...] = (int,) if feature.kind == "int" else (int, float)
 
-    def number(value: Any, field: Callable[[], str]) -> float:
+    def number(value: Any, path: str) -> float:
         if type(value) in fast_types:
             x = float(value)
             if lo <= x <= hi and math.isfinite(x):
                 return x
-        return slow(value, field)
+        return slow(value, path)
 
     return number

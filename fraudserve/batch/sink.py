@@ -50,6 +50,7 @@ class Output:
         self.rejected_path = path.with_name(path.name + ".rejected.csv") if self.single else path / "_rejected.csv"
         self.summary_path = path.with_name(path.name + ".summary.json") if self.single else path / "_summary.json"
         self.done: dict[int, ChunkStats] = {}
+        self._chunk_json: dict[int, str] = {}
         self.model_versions: dict[str, str] = {}
         self._open(resume=resume, overwrite=overwrite)
 
@@ -109,14 +110,13 @@ class Output:
         return data
 
     def _write_manifest(self, *, complete: bool) -> None:
-        data = {
-            "format": MANIFEST_FORMAT,
-            "key": self.key,
-            "complete": complete,
-            "model_versions": self.model_versions,
-            "chunks": {str(k): v.to_json() for k, v in sorted(self.done.items())},
-        }
-        atomic_write_text(self.manifest_path, json.dumps(data, indent=1))
+        head = {"format": MANIFEST_FORMAT, "key": self.key, "complete": complete, "model_versions": self.model_versions}
+        # Each chunk's stats are serialised once and reused: re-serialising them all on every chunk was quadratic
+        # (a 10M-row run's manifest holds ~80k histogram bins and was rewritten 100 times on the main thread).
+        for k in self.done.keys() - self._chunk_json.keys():
+            self._chunk_json[k] = json.dumps(self.done[k].to_json())
+        chunks = ", ".join(f'"{k}": {self._chunk_json[k]}' for k in sorted(self.done))
+        atomic_write_text(self.manifest_path, f'{json.dumps(head)[:-1]}, "chunks": {{{chunks}}}}}')
 
     def write_parts(self, result: ScoredChunk) -> None:
         """Writes a chunk's files (any thread); ``record`` then marks it done (one thread)."""
@@ -130,6 +130,7 @@ class Output:
 
     def record(self, result: ScoredChunk) -> None:
         self.done[result.chunk_id] = result.stats
+        self._chunk_json.pop(result.chunk_id, None)
         self.model_versions = result.model_versions
         self._write_manifest(complete=False)
 
@@ -213,8 +214,14 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def _atomic_parquet(table: pa.Table, path: Path) -> None:
     tmp = _tmp(path)
-    pq.write_table(table, tmp)
+    pq.write_table(table, tmp, use_dictionary=_dictionary_columns(table.schema))
     _publish(tmp, path)
+
+
+def _dictionary_columns(schema: pa.Schema) -> list[str]:
+    """Text columns only: Parquet's default tries a dictionary for every column, and hashing 100k unique floats
+    per score column before falling back made writing a part ~9x slower (53 vs 6 ms, measured)."""
+    return [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
 
 
 def _concat_csv(parts: list[Path], schema: pa.Schema, path: Path) -> None:
@@ -228,7 +235,7 @@ def _concat_csv(parts: list[Path], schema: pa.Schema, path: Path) -> None:
 
 def _concat_parquet(parts: list[Path], schema: pa.Schema, path: Path) -> None:
     tmp = _tmp(path)
-    with pq.ParquetWriter(tmp, schema) as writer:
+    with pq.ParquetWriter(tmp, schema, use_dictionary=_dictionary_columns(schema)) as writer:
         for part in parts:
             writer.write_table(pq.read_table(part).cast(schema))
     _publish(tmp, path)

@@ -21,12 +21,34 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class ScoreLayout:
+    """The fields of a batch's score entries: ``columns`` vary per message, ``shared`` are the same for all.
+
+    A broker may send the shared fields once per batch rather than once per message.
+    """
+
+    columns: tuple[str, ...]
+    shared: tuple[tuple[str, str], ...]
+
+
+# Not frozen: one is made per message, and a frozen dataclass's __init__ costs 3x (object.__setattr__ per field).
+@dataclass(slots=True)
 class Scored:
-    """A score to write to the output stream, and to the alert stream when ``alert``."""
+    """A score to write to the output stream, and to the alert stream when ``alert``.
+
+    ``values`` are those of the last ``len(values)`` of ``layout.columns`` (an optional leading column,
+    such as a missing txn_id, is left out).
+    """
 
     source_id: str
-    fields: Mapping[str, str]
+    values: tuple[str, ...]
     alert: bool
+    layout: ScoreLayout
+
+    @property
+    def fields(self) -> dict[str, str]:
+        columns = self.layout.columns[len(self.layout.columns) - len(self.values) :]
+        return {"source_id": self.source_id, **dict(zip(columns, self.values, strict=True)), **dict(self.layout.shared)}
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import redis
 from fraudserve.errors import Unavailable
 from fraudserve.settings import Settings
 
-from .broker import CommitResult, DeadLetter, Delivery, GroupStats, Outcome, Reclaimed, Trimmed
+from .broker import CommitResult, DeadLetter, Delivery, GroupStats, Outcome, Reclaimed, Scored, Trimmed
 
 # Writing the outputs and the XACK in one atomic step is what docs/architecture.md records as "0 duplicates
 # after a kill mid-batch". A script (rather than MULTI/EXEC) can also check, inside that step,
@@ -23,15 +23,31 @@ from .broker import CommitResult, DeadLetter, Delivery, GroupStats, Outcome, Rec
 _COMMIT = """
 local group, maxlen = ARGV[1], tonumber(ARGV[2])
 local function add(key, fields)
-  if maxlen > 0 then return redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', unpack(fields)) end
   return redis.call('XADD', key, '*', unpack(fields))
 end
+local ncols = tonumber(ARGV[3])
+local cols = {}
+for j = 1, ncols do cols[j] = ARGV[3 + j] end
+local i = 4 + ncols
+local shared = {}
+for j = 1, 2 * tonumber(ARGV[i]) do shared[j] = ARGV[i + j] end
+i = i + 1 + #shared
 local written, duplicates = 0, 0
-local i = 3
 while i <= #ARGV do
   local sid, kind, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local fields = {}
-  for j = 1, n do fields[j] = ARGV[i + 2 + j] end
+  local fields
+  if kind == 'd' then
+    fields = {}
+    for j = 1, n do fields[j] = ARGV[i + 2 + j] end
+  else
+    fields = {'source_id', sid}
+    local skip = ncols - n
+    for j = 1, n do
+      fields[2 * j + 1] = cols[skip + j]
+      fields[2 * j + 2] = ARGV[i + 2 + j]
+    end
+    for j = 1, #shared do fields[2 * n + 2 + j] = shared[j] end
+  end
   i = i + 3 + n
   if #redis.call('XPENDING', KEYS[1], group, sid, sid, 1) == 1 then
     if kind == 'd' then
@@ -45,6 +61,10 @@ while i <= #ARGV do
   else
     duplicates = duplicates + 1
   end
+end
+-- One approximate trim per stream and call rather than a MAXLEN on every XADD: the same cap, fewer arguments.
+if maxlen > 0 then
+  for k = 2, 4 do redis.call('XTRIM', KEYS[k], 'MAXLEN', '~', maxlen) end
 end
 return {written, duplicates}
 """
@@ -179,11 +199,29 @@ class RedisStreams:
     def commit(self, outcomes: Sequence[Outcome]) -> CommitResult:
         if not outcomes:
             return CommitResult(0)
+        layouts = {id(o.layout): o.layout for o in outcomes if isinstance(o, Scored)}
+        if len(layouts) > 1:
+            # One script per layout (never the case within one batch; kept correct rather than assumed away).
+            first, *rest = layouts.values()
+            parts = [[o for o in outcomes if not isinstance(o, Scored) or o.layout is first]]
+            parts += [[o for o in outcomes if isinstance(o, Scored) and o.layout is layout] for layout in rest]
+            results = [self.commit(part) for part in parts]
+            return CommitResult(sum(r.written for r in results), sum(r.duplicates for r in results))
+        # Columns and shared fields go once per script call, not once per message: the arguments were most
+        # of a commit's cost (redis-py packs each one in Python).
         args: list[Any] = [self.group, self.maxlen]
-        for outcome in outcomes:
-            kind = "d" if isinstance(outcome, DeadLetter) else ("a" if outcome.alert else "s")
-            flat = [x for pair in outcome.fields.items() for x in pair]
-            args += [outcome.source_id, kind, len(flat), *flat]
+        layout = next(iter(layouts.values()), None)
+        if layout is None:
+            args += [0, 0]
+        else:
+            args += [len(layout.columns), *layout.columns, len(layout.shared)]
+            args += [x for pair in layout.shared for x in pair]
+        for o in outcomes:
+            if isinstance(o, DeadLetter):
+                flat = [x for pair in o.fields.items() for x in pair]
+                args += [o.source_id, "d", len(flat), *flat]
+            else:
+                args += [o.source_id, "a" if o.alert else "s", len(o.values), *o.values]
         keys = [self.names.input, self.names.output, self.names.alerts, self.names.dead_letter]
         with _unavailable():
             written, duplicates = self._commit(keys=keys, args=args)

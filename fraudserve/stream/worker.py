@@ -32,8 +32,8 @@ from fraudserve.errors import InvalidInput, PoisonMessage, Unavailable
 from fraudserve.inference import InferenceCore
 
 from . import metrics
-from .broker import Broker, DeadLetter, Delivery, Outcome, Scored
-from .messages import Transaction, dead_letter_fields, decode_message, score_fields
+from .broker import Broker, DeadLetter, Delivery, Outcome, Scored, ScoreLayout
+from .messages import MessageDecoder, dead_letter_fields, score_layout, score_values
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,8 @@ class StreamWorker:
         self._finished_since_stats = 0
         self._held = False
         self._retrying = 0
+        self.decoder = MessageDecoder(core.schema)
+        self._layouts: dict[tuple[tuple[str, ...], float, str], ScoreLayout] = {}
 
     def __enter__(self) -> StreamWorker:
         return self
@@ -157,42 +159,46 @@ class StreamWorker:
 
     def process(self, batch: Sequence[Delivery]) -> list[Outcome]:
         outcomes: list[Outcome] = []
-        valid: list[Transaction] = []
+        rows: list[list[float]] = []
+        valid: list[Delivery] = []
+        txn_ids: list[str | None] = []
         for d in batch:
             try:
-                valid.append(decode_message(d.id, d.fields, self.core.schema))
+                values, txn_id = self.decoder.values(d.fields)
             except Exception as exc:  # noqa: BLE001 - any decode failure is this message's fault alone
                 outcomes.append(self._dead(d, exc))
+                continue
+            rows.append(values)
+            valid.append(d)
+            txn_ids.append(txn_id)
         if valid:
-            by_id = {d.id: d for d in batch}
-            outcomes += self._score(valid, by_id)
+            outcomes += self._score(np.array(rows, dtype=np.float64), valid, txn_ids)
         return outcomes
 
-    def _score(self, txns: list[Transaction], by_id: dict[str, Delivery]) -> list[Outcome]:
+    def _score(self, matrix: np.ndarray, batch: Sequence[Delivery], txn_ids: Sequence[str | None]) -> list[Outcome]:
         try:
-            scored = self._loop.run_until_complete(
-                self.core.score(np.vstack([t.row for t in txns]), transport=TRANSPORT)
-            )
+            scored = self._loop.run_until_complete(self.core.score(matrix, transport=TRANSPORT))
         except Exception as exc:  # noqa: BLE001 - isolate the failing row; _failed decides retry or dead letter
-            if len(txns) == 1:
-                return self._failed(by_id[txns[0].source_id], exc)
-            log.warning("scoring a batch of %d failed (%s); scoring its rows one at a time", len(txns), exc)
-            return [o for t in txns for o in self._score([t], by_id)]
-        members = list(scored.member_scores)
-        out: list[Outcome] = []
-        for i, txn in enumerate(txns):
-            alert = bool(scored.decisions[i])
-            fields = score_fields(
-                txn,
-                float(scored.probabilities[i]),
-                alert,
-                {m: float(scored.member_scores[m][i]) for m in members},
-                threshold=scored.threshold,
-                model_version=scored.version,
-                consumer=self.config.consumer,
-            )
-            out.append(Scored(txn.source_id, fields, alert))
-        return out
+            if len(batch) == 1:
+                return self._failed(batch[0], exc)
+            log.warning("scoring a batch of %d failed (%s); scoring its rows one at a time", len(batch), exc)
+            return [
+                o
+                for i in range(len(batch))
+                for o in self._score(matrix[i : i + 1], batch[i : i + 1], txn_ids[i : i + 1])
+            ]
+        layout = self._layout(tuple(scored.member_scores), scored.threshold, scored.version)
+        members = [column.tolist() for column in scored.member_scores.values()]
+        rows = zip(batch, txn_ids, scored.probabilities.tolist(), scored.decisions.tolist(), *members, strict=True)
+        return [Scored(d.id, score_values(txn_id, p, alert, ms), alert, layout) for d, txn_id, p, alert, *ms in rows]
+
+    def _layout(self, members: tuple[str, ...], threshold: float, version: str) -> ScoreLayout:
+        key = (members, threshold, version)
+        layout = self._layouts.get(key)
+        if layout is None:
+            layout = score_layout(members, threshold=threshold, model_version=version, consumer=self.config.consumer)
+            self._layouts[key] = layout
+        return layout
 
     def _failed(self, delivery: Delivery, error: Exception) -> list[Outcome]:
         """A message that failed to score alone: dead-lettered if at fault or out of deliveries, else retried."""
