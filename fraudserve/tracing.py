@@ -101,6 +101,13 @@ def batch_span(name: str, requests: Sequence[SpanContext], **attributes: Any) ->
 
 
 @contextlib.contextmanager
+def span(name: str, **attributes: Any) -> Iterator[None]:
+    """A span of this process's tracer around one unit of work (a batch chunk, a stream micro-batch)."""
+    with tracer().start_as_current_span(name, attributes=attributes):
+        yield
+
+
+@contextlib.contextmanager
 def grpc_server_span(method: str, metadata: Mapping[str, str] | None) -> Iterator[None]:
     """The server span of one OIP gRPC call, under the caller's ``traceparent`` (gRPC metadata) if any."""
     parent = propagate.extract(dict(metadata or {}))

@@ -25,6 +25,7 @@ import os
 import sys
 from pathlib import Path
 
+from fraudserve import tracing
 from fraudserve.errors import FraudServeError, InvalidInput, ModelStoreError, Unavailable
 from fraudserve.settings import get_settings
 
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--engine server needs --url")
     if args.engine == "spark" and args.resume:
         parser.error("--resume is for the local and server engines; Spark retries failed tasks itself")
+    tracing.configure_cli(get_settings(), "fraud-batch")
     try:
         if args.engine == "spark":
             from .spark import run_spark
@@ -121,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fraud-batch: interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130
+    finally:
+        tracing.shutdown_cli()
     print(render_summary(result))
     return 0
 

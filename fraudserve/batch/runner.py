@@ -14,6 +14,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
+from fraudserve import tracing
+
 from .progress import Progress
 from .scoring import ScoredChunk
 from .sink import Output
@@ -38,8 +40,9 @@ def run_chunks(
     chunks = resumed = rows_scored = 0
 
     def work(chunk: Chunk) -> ScoredChunk:
-        result = scorer(chunk)
-        output.write_parts(result)
+        with tracing.span("batch.chunk", chunk=chunk.id, rows=chunk.table.num_rows):
+            result = scorer(chunk)
+            output.write_parts(result)
         return result
 
     def finish(done: set[Future[ScoredChunk]]) -> None:

@@ -30,6 +30,7 @@ from types import FrameType
 
 from threadpoolctl import threadpool_limits
 
+from fraudserve import tracing
 from fraudserve.errors import FraudServeError, InvalidInput, ModelStoreError, Unavailable
 from fraudserve.settings import Settings, get_settings
 
@@ -114,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     from fraudserve.local import local_core
 
+    tracing.configure_cli(settings, f"fraud-stream:{args.consumer}")
+
     core = local_core(settings, args.model_version)
     broker = connect(args, settings, args.consumer)
     config = WorkerConfig(
@@ -172,6 +175,7 @@ def _serve(worker: StreamWorker, broker: Broker, args: argparse.Namespace, setti
         worker.run()
     finally:
         broker.close()
+        tracing.shutdown_cli()
     return 0
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fraudserve import tracing
 from fraudserve.errors import InvalidInput, PoisonMessage, Unavailable
 from fraudserve.inference import InferenceCore
 
@@ -158,6 +159,10 @@ class StreamWorker:
         return len(deliveries)
 
     def process(self, batch: Sequence[Delivery]) -> list[Outcome]:
+        with tracing.span("stream.micro_batch", messages=len(batch), consumer=self.config.consumer):
+            return self._process(batch)
+
+    def _process(self, batch: Sequence[Delivery]) -> list[Outcome]:
         outcomes: list[Outcome] = []
         rows: list[list[float]] = []
         valid: list[Delivery] = []

@@ -159,3 +159,59 @@ def test_grpc_model_infer_is_one_trace_under_the_metadata_traceparent(
     roots = [s for s in spans if s.name == "oip.ModelInfer" and s.parent_id == parent]
     assert roots, [(s.service, s.name, s.parent_id) for s in spans]
     _check_linked(spans, roots[0])
+
+
+def test_fraud_batch_exports_a_span_per_chunk(trained: str, tmp_path: Path, receiver: tuple[Receiver, int]) -> None:
+    import os
+    import subprocess
+    import sys
+
+    source = tmp_path / "in.parquet"
+    generate_transactions(1_000, seed=3).drop(columns="is_fraud").to_parquet(source)
+    env = {**os.environ, "FRAUD_OTLP_ENDPOINT": f"127.0.0.1:{receiver[1]}"}
+    args = [str(source), str(tmp_path / "out"), "--model-version", trained, "--chunk-rows", "250", "-q"]
+    done = subprocess.run(
+        [sys.executable, "-m", "fraudserve.batch.cli", *args], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    # The CLI flushes its spans before it exits: they are here already.
+    chunks = [s for s in receiver[0].spans if s.service == "fraud-batch" and s.name == "batch.chunk"]
+    assert len(chunks) == 4, [(s.service, s.name) for s in receiver[0].spans[-10:]]
+
+
+def test_fraud_stream_exports_a_span_per_micro_batch(
+    trained: str, tmp_path: Path, receiver: tuple[Receiver, int]
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from fraudserve.stream.local_redis import LocalRedis
+
+    with LocalRedis() as redis_server:
+        env = {
+            **os.environ,
+            "FRAUD_REDIS_URL": redis_server.url,
+            "FRAUD_MODEL_VERSION": trained,
+            "FRAUD_OTLP_ENDPOINT": f"127.0.0.1:{receiver[1]}",
+            "FRAUD_STREAM_METRICS_PORT": "0",
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+        }
+        cli = [sys.executable, "-m", "fraudserve.stream.cli"]
+        produced = subprocess.run([*cli, "produce", "--generate", "300"], env=env, capture_output=True, timeout=120)
+        assert produced.returncode == 0, produced.stderr
+        worker = subprocess.Popen([*cli, "worker", "--consumer", "traced"], env=env, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                with receiver[0].lock:
+                    batches = [s for s in receiver[0].spans if s.name == "stream.micro_batch"]
+                if batches:
+                    break
+                time.sleep(0.2)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(timeout=30)
+    assert batches, "no stream.micro_batch span arrived"
+    assert all(s.service == "fraud-stream:traced" for s in batches)
