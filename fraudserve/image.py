@@ -2,7 +2,7 @@
 
 Declaring it here rather than in bentofile.yaml matters: with a bentofile `docker:` section BentoML 1.4 writes a
 Dockerfile that apt-installs build-essential and git (~1.0 GB image); ``distro="none"`` on our own base image adds
-no system package at all (580 MB measured on 2026-12-01: 123 MB base, ~78 MB onnxruntime). The base image is
+no system package at all (598 MB measured on 2026-12-01: 123 MB base, ~78 MB onnxruntime). The base image is
 built locally by scripts/image.sh (no registry is reachable).
 """
 
