@@ -32,6 +32,7 @@ from fraudserve.stream.messages import decode_message, encode_message
 from fraudserve.stream.producer import generated
 from fraudserve.stream.worker import StreamWorker, WorkerConfig
 from models.transactions import TRANSACTION_SCHEMA, generate_transactions
+from tests.integration.test_stream_redis import Workers
 
 pytestmark = pytest.mark.integration
 
@@ -242,40 +243,11 @@ def test_bad_messages_reach_the_dead_letter_topic_with_reason_and_field(
     assert set(scored) == set(good) and max(scored.values()) == 1
 
 
-class Workers:
-    """`fraud-stream worker --broker kafka` processes; every one is killed at teardown."""
-
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env = env
-        self.logs = logs
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, consumer: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = (self.logs / f"{consumer}.log").open("wb")
-        cmd = [sys.executable, "-m", "fraudserve.stream.cli", "worker", "--broker", "kafka", "--consumer", consumer]
-        cmd += ["--bootstrap", self.env["FRAUD_KAFKA_BOOTSTRAP"], "--metrics-port", "0", *args]
-        proc = subprocess.Popen(cmd, env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        self.procs[consumer] = proc
-        return proc
-
-    def log(self, consumer: str) -> str:
-        return (self.logs / f"{consumer}.log").read_text()
-
-    def logs_text(self) -> str:
-        return "\n".join(f"--- {c}\n{self.log(c)[-4000:]}" for c in self.procs)
-
-    def kill_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=10)
-
-
 @pytest.fixture
 def workers(topics: dict[str, str], trained: str, bentoml_home: Path, tmp_path: Path) -> Iterator[Workers]:
     env = {**os.environ, **topics, "BENTOML_HOME": str(bentoml_home), "FRAUD_MODEL_VERSION": trained}
-    running = Workers(env, tmp_path)
+    kafka = ["--broker", "kafka", "--bootstrap", env["FRAUD_KAFKA_BOOTSTRAP"], "--metrics-port", "0"]
+    running = Workers(env, tmp_path, worker_args=kafka)
     try:
         yield running
     finally:

@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -77,21 +77,25 @@ def publish(settings: Settings, n: int, seed: int) -> list[str]:
 class Workers:
     """`fraud-stream worker` processes; every one is killed at teardown."""
 
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
+    def __init__(self, env: dict[str, str], logs: Path, worker_args: Sequence[str] = ()) -> None:
         self.env = env
         self.logs = logs
+        self.worker_args = list(worker_args)  # e.g. the Kafka tests' --broker kafka --bootstrap ...
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, consumer: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{consumer}.log").open("wb")
-        cmd = [sys.executable, "-m", "fraudserve.stream.cli", "worker", "--consumer", consumer, *args]
-        proc = subprocess.Popen(cmd, env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
+        cmd = [sys.executable, "-m", "fraudserve.stream.cli", "worker", *self.worker_args, "--consumer", consumer]
+        proc = subprocess.Popen([*cmd, *args], env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.procs[consumer] = proc
         return proc
 
     def log(self, consumer: str) -> str:
         return (self.logs / f"{consumer}.log").read_text()
+
+    def logs_text(self) -> str:
+        return "\n".join(f"--- {c}\n{self.log(c)[-4000:]}" for c in self.procs)
 
     def kill_all(self) -> None:
         for proc in self.procs.values():

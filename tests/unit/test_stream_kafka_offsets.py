@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME, TopicPartition
 
 from fraudserve.errors import Unavailable
-from fraudserve.stream.broker import DeadLetter, Scored
+from fraudserve.stream.broker import DeadLetter, Scored, ScoreLayout
 from fraudserve.stream.kafka_broker import KafkaBroker, TopicNames
 
 TOPICS = TopicNames("in", "scores", "alerts", "dlq")
@@ -86,8 +86,11 @@ def broker() -> tuple[KafkaBroker, FakeConsumer, FakeProducer, list[Any]]:
     return real, consumer, producer, log
 
 
+LAYOUT = ScoreLayout(columns=("fraud_probability",), shared=(("model_version", "v1"),))
+
+
 def scored(sid: str, alert: bool = False) -> Scored:
-    return Scored(sid, {"source_id": sid}, alert)
+    return Scored(sid, ("0.5",), alert, LAYOUT)
 
 
 def test_outputs_are_acknowledged_before_the_offsets_are_committed(broker: Any) -> None:
