@@ -13,15 +13,7 @@ case "$profile" in
     *) echo "usage: $0 [runtime|dev]" >&2; exit 2 ;;
 esac
 
-PYTHON="${PYTHON:-python3.11}"
-command -v "$PYTHON" >/dev/null || PYTHON=python3
-if ! "$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/null; then
-    echo "Python 3.11 is required (found: $("$PYTHON" --version 2>&1))" >&2
-    exit 1
-fi
-if ! "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; then
-    bash scripts/system-deps.sh venv
-fi
+PYTHON="$(bash scripts/python311.sh)"
 
 inputs=(requirements*.txt pyproject.toml)
 [[ -f constraints.txt ]] && inputs+=(constraints.txt)

@@ -15,15 +15,7 @@ case "${1:-venv}" in
     *) echo "usage: $0 [venv|path]" >&2; exit 2 ;;
 esac
 
-PYTHON="${PYTHON:-python3.11}"
-command -v "$PYTHON" >/dev/null || PYTHON=python3
-if ! "$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/null; then
-    echo "Python 3.11 is required (found: $("$PYTHON" --version 2>&1))" >&2
-    exit 1
-fi
-if ! "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; then
-    bash scripts/system-deps.sh venv
-fi
+PYTHON="$(bash scripts/python311.sh)"
 
 want="$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)"
 if [[ -f "$VENV/.stamp" && "$(cat "$VENV/.stamp")" == "$want" ]]; then
