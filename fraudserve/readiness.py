@@ -95,13 +95,18 @@ class ReadinessProbe:
         return states
 
     async def _probe(self, member: str) -> bool:
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                await self.score(member)
-            return True
-        except Exception as exc:  # noqa: BLE001 - any failure means not ready
-            log.warning("readiness probe of %s failed: %r", member, exc)
-            return False
+        return await answers_in_time(self.score(member), self.timeout_s, member)
+
+
+async def answers_in_time(call: Awaitable[object], timeout_s: float, what: str) -> bool:
+    """One readiness probe: ``call`` (a scoring call) answered within ``timeout_s``; any failure means not ready."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await call
+        return True
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        log.warning("readiness probe of %s failed: %r", what, exc)
+        return False
 
 
 _PROBES: weakref.WeakKeyDictionary[InferenceCore, ReadinessProbe] = weakref.WeakKeyDictionary()

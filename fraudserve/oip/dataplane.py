@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -25,7 +25,7 @@ from fraudserve.errors import InvalidInput
 from fraudserve.inference import PROBE_TRANSPORT, InferenceCore
 from fraudserve.oip.codec import Input, Tensor, check_inputs, decode_matrix, payload_bytes, select_outputs
 from fraudserve.oip.repository import DECISION, PROBABILITY, ModelEntry, ModelRepository, score_output
-from fraudserve.readiness import probe_for
+from fraudserve.readiness import answers_in_time, probe_for
 
 log = logging.getLogger(__name__)
 
@@ -133,16 +133,12 @@ class DataPlane:
 
     async def _probe_version(self, member: str | None, version: str) -> bool:
         """Readiness of a version other than the primary one, which the shared probe does not score."""
-        try:
-            async with asyncio.timeout(self.ready_timeout_s):
-                if member is None:
-                    await self.core.score(self._probe, transport=PROBE_TRANSPORT, version=version)
-                else:
-                    await self.core.score_member(member, self._probe, transport=PROBE_TRANSPORT, version=version)
-            return True
-        except Exception as exc:  # noqa: BLE001 - any failure means not ready
-            log.warning("OIP readiness probe of %s at %s failed: %r", member or "ensemble", version, exc)
-            return False
+        call: Awaitable[object] = (
+            self.core.score(self._probe, transport=PROBE_TRANSPORT, version=version)
+            if member is None
+            else self.core.score_member(member, self._probe, transport=PROBE_TRANSPORT, version=version)
+        )
+        return await answers_in_time(call, self.ready_timeout_s, f"{member or 'ensemble'} at {version}")
 
     def model_metadata(self, name: str, version: str = "") -> ModelEntry:
         return self.repository.at(name, self._pinned(version) or self.core.primary_version())
