@@ -70,6 +70,7 @@ class FraudDetection:
                 max_batch_rows=settings.entry_max_batch_rows,
                 max_queued_rows=settings.entry_max_queued_rows,
                 max_inflight_batches=settings.entry_max_inflight_batches,
+                deadline_s=settings.runner_call_timeout_s,
             )
         self.core = InferenceCore(
             SPEC,

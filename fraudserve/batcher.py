@@ -12,6 +12,10 @@ is free: no fixed wait window, so a lone request leaves at once, and under load 
 a batch is in flight form the next one, up to ``max_batch_rows``) -> **score** (one runner call for the
 whole batch, rows of several versions mixed: each row carries its version code) -> **unbatch** (each
 request gets its own slice; a request whose version could not be scored, NaN from the runner, fails alone).
+
+A request's time in the batcher, queue and call together, is bounded by ``deadline_s``: a request queued
+behind a batch to a dead runner fails with ``Unavailable`` at its own deadline, not after that batch's
+timeout plus its own call's.
 """
 
 from __future__ import annotations
@@ -151,6 +155,7 @@ class RowBatcher:
         max_batch_rows: int,
         max_queued_rows: int,
         max_inflight_batches: int = 1,
+        deadline_s: float | None = None,
     ) -> None:
         if max_queued_rows < max_batch_rows:
             raise ValueError("max_queued_rows must hold at least one full batch")
@@ -158,6 +163,7 @@ class RowBatcher:
         self.max_batch_rows = max_batch_rows
         self.max_queued_rows = max_queued_rows
         self.max_inflight_batches = max_inflight_batches
+        self.deadline_s = deadline_s
         self._lanes: dict[str, _Lane] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -178,11 +184,15 @@ class RowBatcher:
         code = version_code(version)
         futures = [lane.submit(code, version, features) for lane in lanes]
         try:
-            results = await asyncio.gather(*futures)
-        except BaseException:
-            for future in futures:  # the other lanes' rows need not be scored any more
+            async with asyncio.timeout(self.deadline_s):
+                results = await asyncio.gather(*futures)
+        except TimeoutError:
+            late = [lane.member for lane, future in zip(lanes, futures, strict=True) if not future.done()] or members
+            message = f"model runner {late[0]!r} did not answer within {self.deadline_s:g} s; retry later"
+            raise Unavailable(message) from None
+        finally:
+            for future in futures:  # unscored rows of a failed request need not be scored any more
                 future.cancel()
-            raise
         return dict(zip(members, results, strict=True))
 
     def _lane(self, member: str) -> _Lane:

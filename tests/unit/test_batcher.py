@@ -56,7 +56,7 @@ async def turns(n: int = 5) -> None:
         await asyncio.sleep(0)
 
 
-def batcher(runners: FakeRunners, **options: int) -> RowBatcher:
+def batcher(runners: FakeRunners, **options: float) -> RowBatcher:
     return RowBatcher(runners, **{"max_batch_rows": 64, "max_queued_rows": 1024, **options})
 
 
@@ -244,3 +244,24 @@ def test_a_stalled_member_does_not_hold_up_the_other_members() -> None:
         return alone
 
     np.testing.assert_allclose(asyncio.run(run())["logreg"], expected(rows(1, seed=1), "v1")["logreg"])
+
+
+def test_a_request_queued_behind_a_stalled_batch_fails_at_its_own_deadline() -> None:
+    """A runner that never answers: the request in flight and the one queued behind it both fail at their deadline.
+
+    Without the per-request deadline the queued request would wait for the stalled batch first (here: forever).
+    """
+    runners = FakeRunners()
+    runners.hold = asyncio.Event()  # never set
+    rb = batcher(runners, deadline_s=0.05)
+
+    async def scenario() -> list[BaseException | dict[str, np.ndarray]]:
+        first = asyncio.ensure_future(rb.score("v1", MEMBERS, rows(1, 1)))
+        await turns()
+        second = asyncio.ensure_future(rb.score("v1", MEMBERS, rows(1, 2)))
+        async with asyncio.timeout(5):
+            return await asyncio.gather(first, second, return_exceptions=True)
+
+    outcomes = asyncio.run(scenario())
+    assert all(isinstance(o, Unavailable) and "did not answer within 0.05 s" in str(o) for o in outcomes), outcomes
+    assert runners.batches() == [1]  # the queued request never reached the stalled runner
