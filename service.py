@@ -14,10 +14,11 @@ import os
 
 import bentoml
 
-from fraudserve import readiness, rest_api, runtime, tracing
+from fraudserve import bentoml_fixes, readiness, rest_api, runtime, tracing
 from fraudserve.batcher import RowBatcher
 from fraudserve.image import IMAGE
 from fraudserve.inference import InferenceCore
+from fraudserve.members import InProcessMembers
 from fraudserve.oip import serving as oip
 from fraudserve.remote import RunnerScorer
 from fraudserve.rollout.engine import Rollout
@@ -33,6 +34,7 @@ from runners.logreg import LogregRunner
 # a client that opens its connections at once (a load balancer, wrk) could land them all on one worker (seen: 76 % of
 # a core vs 1 %). One accept per wake-up lets the other workers take their share.
 os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")
+bentoml_fixes.apply()  # BentoML's request timeout holds every request for 60 s (see there)
 log = logging.getLogger(__name__)
 settings = get_settings()
 SPEC = store.load_ensemble(settings.model_prefix, settings.model_version)
@@ -65,8 +67,15 @@ class FraudDetection:
         )
         batcher = None
         if settings.entry_batching_enabled:
+            batch_call = scorer.call_coded
+            if settings.member_placement == "inprocess":
+                tags = {m: SPEC.tag(m) for m in SPEC.members}
+                members = InProcessMembers.load(
+                    SPEC.prefix, tags, preferred=settings.member_runtime, threads=settings.runner_threads
+                )
+                batch_call = members.call_coded
             batcher = RowBatcher(
-                scorer.call_coded,
+                batch_call,
                 max_batch_rows=settings.entry_max_batch_rows,
                 max_queued_rows=settings.entry_max_queued_rows,
                 max_inflight_batches=settings.entry_max_inflight_batches,
@@ -81,6 +90,7 @@ class FraudDetection:
             rollout=Rollout.from_settings(SPEC, settings),
             batcher=batcher,
             runtimes=functools.partial(runtime.describe_version, SPEC.prefix, preferred=settings.member_runtime),
+            separate_bulk_path=batcher is not None and settings.member_placement == "inprocess",
         )
         rest_api.attach(
             self.core,

@@ -116,6 +116,7 @@ class InferenceCore:
         rollout: Rollout | None = None,
         batcher: RowBatcher | None = None,
         runtimes: Callable[[str], Mapping[str, str]] | None = None,
+        separate_bulk_path: bool = False,
     ) -> None:
         self.spec = spec
         self.scorer = scorer
@@ -128,6 +129,9 @@ class InferenceCore:
         self.rollout = rollout or Rollout(spec)
         # Requests of up to ``bulk_rows_threshold`` rows share runner calls through it (fraudserve/batcher.py).
         self.batcher = batcher
+        # The batcher scores elsewhere than ``scorer``'s bulk path (in-process members, runners for bulk):
+        # readiness and warm-up then check both.
+        self.separate_bulk_path = separate_bulk_path
         # version -> {member: runtime}, asked once per version (fraudserve/runtime.py decides, runners follow it).
         self._describe_runtimes = runtimes
         self._runtimes: dict[str, Mapping[str, str]] = {}
@@ -194,6 +198,15 @@ class InferenceCore:
         spec = self.spec if version == self.spec.version else self.rollout.spec(version)
         scores = (await self._score_members(spec, features, members=(member,)))[member]
         REQUEST_ROWS.labels(transport=transport).observe(len(features))
+        return scores
+
+    async def probe_member(self, member: str, row: np.ndarray, *, version: str | None = None) -> np.ndarray:
+        """A readiness / warm-up call: ``member`` scores ``row`` on every path a request may take."""
+        scores = await self.score_member(member, row, transport=PROBE_TRANSPORT, version=version)
+        if self.separate_bulk_path:
+            version = version or self.primary_version()
+            extra = {} if version == self.spec.version else {"version": version}
+            await self.scorer(member, row, bulk=True, **extra)
         return scores
 
     def primary_version(self) -> str:
@@ -304,7 +317,7 @@ class InferenceCore:
         wanted = sorted(set(self.rollout.router.versions.values() if versions is None else versions))
         jobs = [(v, m) for v in wanted for m in self.rollout.spec(v).members]
         results = await asyncio.gather(
-            *(self.score_member(m, probe, transport=PROBE_TRANSPORT, version=v) for v, m in jobs),
+            *(self.probe_member(m, probe, version=v) for v, m in jobs),
             return_exceptions=True,
         )
         report = dict.fromkeys(wanted, "ok")

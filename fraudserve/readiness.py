@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import numpy as np
 
-from fraudserve.inference import PROBE_TRANSPORT, InferenceCore
+from fraudserve.inference import InferenceCore
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def probe_for(core: InferenceCore, *, timeout_s: float, cache_s: float) -> Readi
         row = np.asarray(core.schema.encode_records([core.schema.example_row()]))
 
         async def score(member: str) -> object:
-            return await core.score_member(member, row, transport=PROBE_TRANSPORT)
+            return await core.probe_member(member, row)
 
         probe = _PROBES[core] = ReadinessProbe(core.spec.members, score, timeout_s=timeout_s, cache_s=cache_s)
     return probe

@@ -56,6 +56,14 @@ class Settings(BaseSettings):
     entry_max_inflight_batches: int = Field(
         1, ge=1, description="Entry-worker batches in flight to the runners at once, per API worker."
     )
+    member_placement: Literal["inprocess", "runners"] = Field(
+        "inprocess",
+        description=(
+            "Where the entry batches (requests of up to FRAUD_BULK_ROWS_THRESHOLD rows) are scored: `inprocess`, by"
+            " the member models loaded in each API worker (no hop: a batch costs less than one runner call), or"
+            " `runners`, one call per member runner service. Bulk requests always go to the runners."
+        ),
+    )
     max_rows_per_request: int = Field(10_000, ge=1, description="Row cap of one request.")
     decision_threshold: float | None = Field(
         None,

@@ -136,7 +136,7 @@ class DataPlane:
         call: Awaitable[object] = (
             self.core.score(self._probe, transport=PROBE_TRANSPORT, version=version)
             if member is None
-            else self.core.score_member(member, self._probe, transport=PROBE_TRANSPORT, version=version)
+            else self.core.probe_member(member, self._probe, version=version)
         )
         return await answers_in_time(call, self.ready_timeout_s, f"{member or 'ensemble'} at {version}")
 

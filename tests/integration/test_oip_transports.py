@@ -243,24 +243,19 @@ def test_grpc_health_service_and_reflection(server: BundleServer) -> None:
         assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
 
 
-def _batched_rows(metrics: str) -> tuple[float, float]:
-    """(batches, batches of exactly 1 row) the hgb runner scored on its batched path."""
-    labels = r'\{[^}]*model="hgb"[^}]*path="batched"[^}]*\}|\{[^}]*path="batched"[^}]*model="hgb"[^}]*\}'
-    count = ones = 0.0
+def _entry_batches(metrics: str) -> tuple[float, float]:
+    """(entry batches, requests they carried) for the hgb member, summed over the API workers."""
+    totals = {"count": 0.0, "sum": 0.0}
     for line in metrics.splitlines():
-        if not re.match(r"fraud_runner_batch_rows_(count|bucket)(" + labels + ")", line):
-            continue
-        value = float(line.rsplit(" ", 1)[1])
-        if line.startswith("fraud_runner_batch_rows_count"):
-            count += value
-        elif 'le="1.0"' in line:
-            ones += value
-    return count, ones
+        found = re.match(r'fraud_entry_batch_requests_(count|sum)\{[^}]*model="hgb"[^}]*\} ([0-9.e+]+)', line)
+        if found:
+            totals[found.group(1)] += float(found.group(2))
+    return totals["count"], totals["sum"]
 
 
 def test_concurrent_grpc_requests_are_batched_and_correct(server: BundleServer) -> None:
     df = frame(120, seed=61)
-    before = _batched_rows(server.metrics())
+    before = _entry_batches(server.metrics())
 
     async def fire() -> list[float]:
         client = tgrpc_aio.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
@@ -275,13 +270,15 @@ def test_concurrent_grpc_requests_are_batched_and_correct(server: BundleServer) 
             await client.close()
 
     got = asyncio.run(fire())
-    after = _batched_rows(server.metrics())
+    after = _entry_batches(server.metrics())
     # Only now: REST first would put these rows in the core's score cache, and gRPC would never batch.
     np.testing.assert_allclose(got, rest_predict(server, df)["fraud_probability"], rtol=1e-12)
-    batches, single_row = after[0] - before[0], after[1] - before[1]
-    assert batches >= 1
-    assert batches - single_row > 0, "no runner batch merged more than one 1-row gRPC request"
-    assert batches < len(df), (batches, len(df))
+    batches, carried = after[0] - before[0], after[1] - before[1]
+    # Every gRPC request went through the entry batcher exactly once. Whether two of them share a batch depends
+    # on their arrival (members in the API worker score a batch in well under a millisecond): the merging
+    # itself is tested without a clock in tests/unit/test_batcher.py.
+    assert carried == len(df), (carried, len(df))
+    assert 1 <= batches <= len(df), (batches, len(df))
     metrics = server.metrics()
     served = re.search(r'fraud_grpc_requests_total\{code="OK",method="ModelInfer"\} ([0-9.]+)', metrics)
     assert served and float(served.group(1)) >= len(df)
@@ -303,7 +300,8 @@ def _children(pid: int) -> dict[int, str]:
 
 
 def test_a_stalled_runner_is_unavailable_never_unknown(trained: str, bentoml_home: Path) -> None:
-    env = {"FRAUD_RUNNER_TIMEOUT_S": "2", "FRAUD_READY_PROBE_TIMEOUT_S": "1"}
+    # The runners score the entry batches here (in-process members would not notice a stalled runner).
+    env = {"FRAUD_RUNNER_TIMEOUT_S": "2", "FRAUD_READY_PROBE_TIMEOUT_S": "1", "FRAUD_MEMBER_PLACEMENT": "runners"}
     with BundleServer(env=env, bentoml_home=bentoml_home) as server:
         assert server.process is not None
         [runner] = [pid for pid, cmd in _children(server.process.pid).items() if "fraud_hgb_runner" in cmd]

@@ -90,7 +90,12 @@ def receiver() -> Iterator[tuple[Receiver, int]]:
 @pytest.fixture(scope="module")
 def traced(trained: str, bentoml_home: Path, receiver: tuple[Receiver, int]) -> Iterator[BundleServer]:
     # The span processor exports every 5 s by default; 200 ms keeps the test short.
-    env = {"FRAUD_OTLP_ENDPOINT": f"127.0.0.1:{receiver[1]}", "OTEL_BSP_SCHEDULE_DELAY": "200"}
+    # The runners score the entry batches here, so the trace crosses every process.
+    env = {
+        "FRAUD_OTLP_ENDPOINT": f"127.0.0.1:{receiver[1]}",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "FRAUD_MEMBER_PLACEMENT": "runners",
+    }
     with BundleServer(env=env, bentoml_home=bentoml_home) as server:
         yield server
 

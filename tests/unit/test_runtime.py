@@ -241,5 +241,26 @@ def test_runner_serves_each_version_with_its_runtime_and_nan_for_a_missing_one(t
         assert np.isnan(scores[20:]).all()
     from fraudserve.rollout.versions import version_code
 
-    assert runner.model_for(version_code(trained)).runtime == "onnx"
-    assert runner.model_for(version_code("vrt-tampered")).runtime == "sklearn"
+    assert runner.member.model_for(version_code(trained)).runtime == "onnx"
+    assert runner.member.model_for(version_code("vrt-tampered")).runtime == "sklearn"
+
+
+def test_in_process_members_score_coded_rows_like_the_runner(trained: str) -> None:
+    """FRAUD_MEMBER_PLACEMENT=inprocess scores through the same coded scorer as the runners: same rows, same scores."""
+    import asyncio
+
+    from fraudserve.members import InProcessMembers
+    from runners.factory import build_runner
+
+    spec = store.load_ensemble("fraud", trained)
+    members = InProcessMembers.load("fraud", {m: spec.tag(m) for m in MEMBERS}, preferred="onnx", threads=1)
+    matrix = rows(40, seed=5)
+    mixed = np.vstack([with_version_column(matrix[:30], trained), with_version_column(matrix[30:], "v-missing")])
+    single = with_version_column(matrix, trained)
+    for member in MEMBERS:
+        runner = build_runner(member).inner()
+        for coded in (mixed, single):
+            ours = asyncio.run(members.call_coded(member, coded))
+            np.testing.assert_array_equal(ours, runner.score(coded))
+        assert np.isnan(asyncio.run(members.call_coded(member, mixed))[30:]).all()
+        assert members.members[member].runtime == "onnx"
