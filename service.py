@@ -79,7 +79,8 @@ class FraudDetection:
                 max_batch_rows=settings.entry_max_batch_rows,
                 max_queued_rows=settings.entry_max_queued_rows,
                 max_inflight_batches=settings.entry_max_inflight_batches,
-                deadline_s=settings.runner_call_timeout_s,
+                # A batch scored in this worker cannot stall apart from the worker itself: no timer per request.
+                deadline_s=settings.runner_call_timeout_s if settings.member_placement == "runners" else None,
             )
         self.core = InferenceCore(
             SPEC,

@@ -32,7 +32,7 @@ from opentelemetry.trace import SpanContext
 
 from fraudserve import tracing
 from fraudserve.errors import Unavailable
-from fraudserve.metrics import ENTRY_BATCH_REQUESTS, ENTRY_BATCH_ROWS, ENTRY_QUEUE_REJECTED
+from fraudserve.metrics import ENTRY_BATCH_REQUESTS, ENTRY_BATCH_ROWS, ENTRY_QUEUE_REJECTED, labelled
 from fraudserve.rollout.versions import version_code
 
 log = logging.getLogger(__name__)
@@ -101,8 +101,8 @@ class _Lane:
             spans = [item.trace for item in batch]
             with tracing.batch_span("entry_batch", spans, model=self.member, rows=len(coded), merged=len(batch)):
                 scores = await self.owner.call(self.member, coded)
-            ENTRY_BATCH_ROWS.labels(model=self.member).observe(len(scores))
-            ENTRY_BATCH_REQUESTS.labels(model=self.member).observe(len(batch))
+            labelled(ENTRY_BATCH_ROWS, self.member).observe(len(scores))
+            labelled(ENTRY_BATCH_REQUESTS, self.member).observe(len(batch))
             start = 0
             for item in batch:
                 stop = start + len(item.features)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from fraudserve.batcher import RowBatcher
 from fraudserve.ensemble import EnsembleSpec
 from fraudserve.errors import FraudServeError, InvalidInput, NotFound, PayloadTooLarge
-from fraudserve.metrics import PREDICTIONS, REQUEST_ROWS
+from fraudserve.metrics import PREDICTIONS, REQUEST_ROWS, labelled
 from fraudserve.rollout.engine import Rollout
 from fraudserve.rollout.policy import Route
 from fraudserve.scoring import combine_scores, threshold_for
@@ -197,7 +197,7 @@ class InferenceCore:
         version = version or self.primary_version()
         spec = self.spec if version == self.spec.version else self.rollout.spec(version)
         scores = (await self._score_members(spec, features, members=(member,)))[member]
-        REQUEST_ROWS.labels(transport=transport).observe(len(features))
+        labelled(REQUEST_ROWS, transport).observe(len(features))
         return scores
 
     async def probe_member(self, member: str, row: np.ndarray, *, version: str | None = None) -> np.ndarray:
@@ -249,12 +249,12 @@ class InferenceCore:
         member_scores = await self._member_scores(spec, features, cached=not probe)
         scores = combine_scores(spec, member_scores, threshold_override=self.threshold_override)
         probabilities, decisions = scores.probabilities, scores.decisions
-        REQUEST_ROWS.labels(transport=transport).observe(len(features))
+        labelled(REQUEST_ROWS, transport).observe(len(features))
         flagged = int(decisions.sum())
         if flagged:
-            PREDICTIONS.labels(decision="fraud").inc(flagged)
+            labelled(PREDICTIONS, "fraud").inc(flagged)
         if flagged < len(decisions):
-            PREDICTIONS.labels(decision="legit").inc(len(decisions) - flagged)
+            labelled(PREDICTIONS, "legit").inc(len(decisions) - flagged)
         latency_s = time.perf_counter() - started
         if not probe:
             self.rollout.observe(route, probabilities, latency_s)

@@ -23,7 +23,7 @@ import bentoml
 import numpy as np
 
 from fraudserve.errors import InvalidInput, ModelStoreError
-from fraudserve.metrics import RUNNER_BATCH_ROWS, RUNNER_LATENCY
+from fraudserve.metrics import RUNNER_BATCH_ROWS, RUNNER_LATENCY, labelled
 from fraudserve.rollout.versions import version_code
 from fraudserve.runtime import MemberModel, Runtime
 from fraudserve.runtime import load as load_member
@@ -96,8 +96,8 @@ class VersionedMember:
                 log.exception("%s: scoring version code %.0f failed; its rows get NaN", self.name, code)
         # A batch mixing versions served by different runtimes is labelled "onnx+sklearn".
         label = "+".join(sorted(runtimes)) or "none"
-        RUNNER_LATENCY.labels(model=self.kind, path=path, runtime=label).observe(time.perf_counter() - started)
-        RUNNER_BATCH_ROWS.labels(model=self.kind, path=path, runtime=label).observe(len(coded))
+        labelled(RUNNER_LATENCY, self.kind, path, label).observe(time.perf_counter() - started)
+        labelled(RUNNER_BATCH_ROWS, self.kind, path, label).observe(len(coded))
         return result
 
 

@@ -6,7 +6,22 @@ worker and runner process are aggregated by BentoML's multiprocess collector.
 
 from __future__ import annotations
 
+from typing import Any
+
 import bentoml
+
+_CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def labelled(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)`` (values in ``labelnames`` order), kept: on the hot path the lookup cost twice
+    the observation (~2 us), a dozen times per request. Only for metrics whose children are never removed."""
+    key = (id(metric), values)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*values)
+    return child
+
 
 _ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -20,6 +20,7 @@ from bentoml.exceptions import BentoMLException
 
 from fraudserve.ensemble import EnsembleSpec
 from fraudserve.errors import Conflict, FraudServeError, ModelStoreError, NotFound
+from fraudserve.metrics import labelled
 from fraudserve.rollout.cache import ResponseCache, build_cache
 from fraudserve.rollout.metrics import (
     POLICY_CHANGES,
@@ -154,9 +155,9 @@ class Rollout:
         return self.spec(self.router.primary_version)
 
     def observe(self, route: Route, probabilities: np.ndarray, latency_s: float) -> None:
-        VARIANT_REQUESTS.labels(variant=route.variant, version=route.version).inc()
-        VARIANT_LATENCY.labels(variant=route.variant).observe(latency_s)
-        histogram = VARIANT_SCORE.labels(variant=route.variant)
+        labelled(VARIANT_REQUESTS, route.variant, route.version).inc()
+        labelled(VARIANT_LATENCY, route.variant).observe(latency_s)
+        histogram = labelled(VARIANT_SCORE, route.variant)
         for p in probabilities.tolist():
             histogram.observe(p)
 
