@@ -81,6 +81,8 @@ class VersionedMember:
         codes, matrix = coded[:, 0], coded[:, 1:]
         result = np.full(len(coded), np.nan, dtype=np.float64)
         runtimes: set[str] = set()
+        if len(codes) == 0:
+            return result
         first = codes[0]
         groups = [first] if (codes == first).all() else np.unique(codes).tolist()
         for code in groups:
