@@ -14,7 +14,7 @@ import os
 
 import bentoml
 
-from fraudserve import bentoml_fixes, readiness, rest_api, runtime, tracing
+from fraudserve import accept, bentoml_fixes, readiness, rest_api, runtime, tracing
 from fraudserve.batcher import RowBatcher
 from fraudserve.image import IMAGE
 from fraudserve.inference import InferenceCore
@@ -32,11 +32,14 @@ from runners.logreg import LogregRunner
 
 # The API workers share one listening socket, and libuv (uvloop) accepts every pending connection on a wake-up:
 # a client that opens its connections at once (a load balancer, wrk) could land them all on one worker (seen: 76 % of
-# a core vs 1 %). One accept per wake-up lets the other workers take their share.
+# a core vs 1 %). One accept per wake-up lets the other workers take their share (it only made that rarer; with
+# FRAUD_ACCEPT_BALANCING, the default, each worker accepts on a blocking thread instead: fraudserve/accept.py).
 os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")
 bentoml_fixes.apply()  # BentoML's request timeout holds every request for 60 s (see there)
 log = logging.getLogger(__name__)
 settings = get_settings()
+if settings.accept_balancing:
+    accept.install()  # the API workers take the REST connections in turn (see there)
 SPEC = store.load_ensemble(settings.model_prefix, settings.model_version)
 
 

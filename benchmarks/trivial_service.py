@@ -4,7 +4,7 @@
 
 Same route and body as the bundle's ``POST /predict`` (``{"transactions": {...}}``), same kind of
 ``@bentoml.api`` method, no model and no runner: what is left is BentoML's own cost per request. It runs
-with the bundle's BentoML options (access log, tracing, the request-timeout fix, one accept per wake-up),
+with the bundle's BentoML options (access log, tracing, the request-timeout fix, the accept thread),
 so the ratio compares like with like. The bundle's ``/predict`` is a mounted Starlette app, which skips
 ``@bentoml.api``'s input models, so it can exceed this "ceiling".
 ``BENCH_TRIVIAL_WORKERS`` (read at import, as the bundle reads FRAUD_API_WORKERS) sets the worker
@@ -18,12 +18,14 @@ from typing import Any
 
 import bentoml
 
-from fraudserve import bentoml_fixes, tracing
+from fraudserve import accept, bentoml_fixes, tracing
 from fraudserve.settings import get_settings
 
 os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")
 bentoml_fixes.apply()
 settings = get_settings()
+if settings.accept_balancing:
+    accept.install()
 _ANSWER = {"predictions": [{"fraud_probability": 0.0, "is_fraud": False}]}
 
 

@@ -79,6 +79,13 @@ class Settings(BaseSettings):
         gt=0,
         description="Timeout of one batched runner call; past it the caller gets a 503 (e.g. while a runner respawns).",
     )
+    accept_balancing: bool = Field(
+        True,
+        description=(
+            "Each API worker accepts REST connections on a blocking thread, so the kernel hands them to the workers"
+            " in turn (off: every worker's event loop races for them, and a burst can land on one worker)."
+        ),
+    )
     access_log_enabled: bool = Field(
         False,
         description=(
