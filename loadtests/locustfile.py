@@ -14,7 +14,7 @@ Run from the project root (see loadtests/README.md for the container and the num
 Payloads are seeded transactions (``--payload-seed``): ``--single-row-share`` of the requests carry one
 transaction, the rest carry ``--multi-rows`` (e.g. "8,32"). Users wait 0 s between requests, so
 ``--users`` is the concurrency. SLOs: ``--slo-max-error-rate`` (default 0.1 %) and ``--slo-p99-ms``
-(default ``P99_BUDGET_MS`` of loadtests/slo.py, 500 ms) over all requests; missing either makes locust
+(default ``P99_BUDGET_MS`` of loadtests/slo.py, 50 ms) over all requests; missing either makes locust
 exit 1. Every option also reads a LOCUST_* environment variable (``locust --help``, group "fraud bundle").
 """
 

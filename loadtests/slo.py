@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-# The p99 budget of `make loadtest` (--slo-p99-ms / LOCUST_SLO_P99_MS default), in one place. Measured
-# 2026-12-01: 16 users against the local bundle on 2 cores (Locust on the same cores) held p99 260-270 ms
-# (README "Load tests"); the previous release needed ~1 s. Set your own SLO (e.g. 50 ms) on real hardware.
-P99_BUDGET_MS = 500.0
+# The p99 budget of `make loadtest` (--slo-p99-ms / LOCUST_SLO_P99_MS default), in one place: the users' SLO.
+# Measured 2026-12-02: 16 users against the local bundle and the container on 2 cores (Locust on the same cores)
+# held p99 26-33 ms (README "Load tests"); the release before the in-process members needed 260-300 ms.
+P99_BUDGET_MS = 50.0
 # The budget of the short Locust smoke runs in the integration tests: the same path on a CI machine that is busier
-# (a few seconds of run, a cold server), so 3x the default, still well under what the previous release took.
-SMOKE_P99_BUDGET_MS = 1_500.0
+# (a few seconds of run, a cold server, one API worker, pytest on the same cores), so far above the default; it still
+# fails a path as slow as the release before issue 16 (p99 ~1 s).
+SMOKE_P99_BUDGET_MS = 1_000.0
 
 
 class RunTotals(Protocol):
