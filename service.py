@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 
 import bentoml
 
-from fraudserve import accept, bentoml_fixes, readiness, rest_api, runtime, tracing
+from fraudserve import readiness, rest_api, runtime, service_options
 from fraudserve.batcher import RowBatcher
 from fraudserve.image import IMAGE
 from fraudserve.inference import InferenceCore
@@ -30,16 +29,9 @@ from runners.hgb import HgbRunner
 from runners.iforest import IforestRunner
 from runners.logreg import LogregRunner
 
-# The API workers share one listening socket, and libuv (uvloop) accepts every pending connection on a wake-up:
-# a client that opens its connections at once (a load balancer, wrk) could land them all on one worker (seen: 76 % of
-# a core vs 1 %). One accept per wake-up lets the other workers take their share (it only made that rarer; with
-# FRAUD_ACCEPT_BALANCING, the default, each worker accepts on a blocking thread instead: fraudserve/accept.py).
-os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")
-bentoml_fixes.apply()  # BentoML's request timeout holds every request for 60 s (see there)
 log = logging.getLogger(__name__)
 settings = get_settings()
-if settings.accept_balancing:
-    accept.install()  # the API workers take the REST connections in turn (see there)
+service_options.prepare_process(settings)  # accept threads, BentoML's timer fix (fraudserve/service_options.py)
 SPEC = store.load_ensemble(settings.model_prefix, settings.model_version)
 
 
@@ -47,8 +39,7 @@ SPEC = store.load_ensemble(settings.model_prefix, settings.model_version)
     name="fraud_detection",
     workers=settings.api_workers,
     traffic={"timeout": settings.runner_timeout_s},
-    tracing=tracing.service_config(settings),
-    logging={"access": {"enabled": settings.access_log_enabled}},
+    **service_options.common_options(settings),  # tracing, access log
     image=IMAGE,  # the OCI image: fraudserve/image.py, scripts/image.sh
 )
 # Mounts are matched in the order they are added (bottom decorator first): the REST routes, /predict the hot
@@ -72,9 +63,8 @@ class FraudDetection:
         if settings.entry_batching_enabled:
             batch_call = scorer.call_coded
             if settings.member_placement == "inprocess":
-                tags = {m: SPEC.tag(m) for m in SPEC.members}
                 members = InProcessMembers.load(
-                    SPEC.prefix, tags, preferred=settings.member_runtime, threads=settings.runner_threads
+                    SPEC, preferred=settings.member_runtime, threads=settings.runner_threads
                 )
                 batch_call = members.call_coded
             batcher = RowBatcher(

@@ -18,22 +18,18 @@ from typing import Any
 
 import bentoml
 
-from fraudserve import accept, bentoml_fixes, tracing
+from fraudserve import service_options
 from fraudserve.settings import get_settings
 
-os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")
-bentoml_fixes.apply()
 settings = get_settings()
-if settings.accept_balancing:
-    accept.install()
+service_options.prepare_process(settings)
 _ANSWER = {"predictions": [{"fraud_probability": 0.0, "is_fraud": False}]}
 
 
 @bentoml.service(
     name="trivial_ceiling",
     workers=int(os.environ.get("BENCH_TRIVIAL_WORKERS", "1")),
-    tracing=tracing.service_config(settings),
-    logging={"access": {"enabled": settings.access_log_enabled}},
+    **service_options.common_options(settings),
 )
 class Trivial:
     @bentoml.api(route="/predict")

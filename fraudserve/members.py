@@ -22,6 +22,7 @@ from collections.abc import Mapping
 import bentoml
 import numpy as np
 
+from fraudserve.ensemble import EnsembleSpec
 from fraudserve.errors import InvalidInput, ModelStoreError
 from fraudserve.metrics import RUNNER_BATCH_ROWS, RUNNER_LATENCY, labelled
 from fraudserve.rollout.versions import version_code
@@ -114,14 +115,18 @@ class InProcessMembers:
         self.members = dict(members)
 
     @classmethod
-    def load(cls, prefix: str, tags: Mapping[str, str], *, preferred: Runtime, threads: int) -> InProcessMembers:
-        """``tags``: member -> store tag of the start-up version."""
+    def load(cls, spec: EnsembleSpec, *, preferred: Runtime, threads: int) -> InProcessMembers:
+        """The members of ``spec`` (the start-up version); other versions load on first use."""
         return cls(
             {
                 kind: VersionedMember(
-                    kind, store.model_name(prefix, kind), bentoml.models.get(tag), preferred=preferred, threads=threads
+                    kind,
+                    store.model_name(spec.prefix, kind),
+                    bentoml.models.get(spec.tag(kind)),
+                    preferred=preferred,
+                    threads=threads,
                 )
-                for kind, tag in tags.items()
+                for kind in spec.members
             }
         )
 

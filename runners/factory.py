@@ -21,7 +21,7 @@ import bentoml
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from fraudserve import bentoml_fixes, tracing
+from fraudserve import service_options
 from fraudserve.members import VersionedMember
 from fraudserve.runtime import Runtime
 from fraudserve.settings import get_settings
@@ -44,9 +44,11 @@ def build_runner(kind: str, runtime: Runtime | None = None) -> Any:
             self.member = VersionedMember(
                 kind, name, self.model_ref, preferred=preferred, threads=settings.runner_threads
             )
-            self.model = self.member.model
             self.tag = tag
-            self.runtime = self.member.runtime
+
+        @property
+        def runtime(self) -> str:
+            return self.member.runtime
 
         @bentoml.api(
             batchable=settings.batching_enabled,
@@ -71,7 +73,7 @@ def build_runner(kind: str, runtime: Runtime | None = None) -> Any:
 def runner_service(cls: type, name: str) -> Any:
     """Declare a runner class as a BentoML service, with the options every runner needs."""
     settings = get_settings()
-    bentoml_fixes.apply()
+    service_options.prepare_process(settings)
     return bentoml.service(
         name=name,
         workers=settings.runner_workers,
@@ -79,6 +81,5 @@ def runner_service(cls: type, name: str) -> Any:
         # BentoML 1.4.39 recycles the caller's connection every 100 requests and closes it
         # under in-flight requests ("Connector is closed" -> 500 under load): never recycle.
         runner_connection={"max_requests": 2**31 - 1, "max_age": 10.0 * 365 * 24 * 3600},
-        tracing=tracing.service_config(settings),
-        logging={"access": {"enabled": settings.access_log_enabled}},
+        **service_options.common_options(settings),  # tracing, access log
     )(cls)

@@ -253,7 +253,7 @@ def test_in_process_members_score_coded_rows_like_the_runner(trained: str) -> No
     from runners.factory import build_runner
 
     spec = store.load_ensemble("fraud", trained)
-    members = InProcessMembers.load("fraud", {m: spec.tag(m) for m in MEMBERS}, preferred="onnx", threads=1)
+    members = InProcessMembers.load(spec, preferred="onnx", threads=1)
     matrix = rows(40, seed=5)
     mixed = np.vstack([with_version_column(matrix[:30], trained), with_version_column(matrix[30:], "v-missing")])
     single = with_version_column(matrix, trained)
