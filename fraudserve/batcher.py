@@ -7,9 +7,10 @@ hop was parsed, so the hop dominated (about 3 ms of runner CPU per request).
 
 Each member runner has its own lane, so a stalled runner holds up only its own member's rows (per-member
 OIP inference and readiness of the other members go on). In each lane a request goes through: **queue**
-(refused at once with ``Unavailable`` when the lane is full) -> **batch** (taken as soon as a dispatch slot
-is free: no fixed wait window, so a lone request leaves at once, and under load the rows that arrive while
-a batch is in flight form the next one, up to ``max_batch_rows``) -> **score** (one runner call for the
+(refused at once with ``Unavailable`` when the lane is full) -> **batch** (taken a few event-loop turns after a
+dispatch slot frees, ``TAKE_AFTER_TURNS``: no wait window, so a lone request leaves at once, and under load the
+rows that arrive while a batch is in flight, or are about to be submitted, form the next one, up to
+``max_batch_rows``) -> **score** (one runner call for the
 whole batch, rows of several versions mixed: each row carries its version code) -> **unbatch** (each
 request gets its own slice; a request whose version could not be scored, NaN from the runner, fails alone).
 
@@ -36,6 +37,11 @@ from fraudserve.metrics import ENTRY_BATCH_REQUESTS, ENTRY_BATCH_ROWS, ENTRY_QUE
 from fraudserve.rollout.versions import version_code
 
 log = logging.getLogger(__name__)
+# Loop turns a batch task lets pass before it takes its rows. Scored in this worker, a batch returns without
+# yielding, so rows taken at once would make ~1 request per batch under load; a gRPC call needs a few turns from
+# arrival to its submit. Measured on 2 cores, OIP gRPC at 64 connections: 1 turn 1.6 rows per batch, 2 turns 2.1,
+# 4 turns 2.9 (+15-20 % req/s over 1). Idle, a turn costs microseconds: there is no wait window.
+TAKE_AFTER_TURNS = 4
 
 # (member, rows as [version code, features...]) -> one float64 score per row, NaN where that row's version failed.
 CodedCall = Callable[[str, np.ndarray], Awaitable[np.ndarray]]
@@ -60,6 +66,7 @@ class _Lane:
         self.queue: deque[_Pending] = deque()
         self.queued_rows = 0
         self.inflight = 0
+        self.starting = False  # a batch task is started and has not taken its rows yet
 
     def submit(self, code: float, version: str, features: np.ndarray) -> asyncio.Future[np.ndarray]:
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
@@ -69,16 +76,16 @@ class _Lane:
         return future
 
     def dispatch(self) -> None:
-        while self.inflight < self.owner.max_inflight_batches and self.queue:
-            batch = self._take()
-            if not batch:
-                continue
-            self.inflight += 1
-            # A fresh context: the batch span names its parent itself (a finishing batch dispatches the next one,
-            # and must not become its parent).
-            task = asyncio.get_running_loop().create_task(self._run(batch), context=contextvars.Context())
-            self.owner._tasks.add(task)
-            task.add_done_callback(self.owner._tasks.discard)
+        """Start a batch task when a slot is free; it takes its rows when it runs, not now."""
+        if self.starting or not self.queue or self.inflight >= self.owner.max_inflight_batches:
+            return
+        self.starting = True
+        self.inflight += 1
+        # A fresh context: the batch span names its parent itself (a finishing batch dispatches the next one,
+        # and must not become its parent).
+        task = asyncio.get_running_loop().create_task(self._run(), context=contextvars.Context())
+        self.owner._tasks.add(task)
+        task.add_done_callback(self.owner._tasks.discard)
 
     def _take(self) -> list[_Pending]:
         batch: list[_Pending] = []
@@ -95,8 +102,18 @@ class _Lane:
             rows += len(head.features)
         return batch
 
-    async def _run(self, batch: list[_Pending]) -> None:
+    async def _run(self) -> None:
+        batch: list[_Pending] = []
+        taken = False
         try:
+            # The requests that are about to submit join this batch (TAKE_AFTER_TURNS).
+            for _ in range(TAKE_AFTER_TURNS):
+                await asyncio.sleep(0)
+            self.starting, taken = False, True
+            batch = self._take()
+            self.dispatch()  # rows past a full batch may start another one (max_inflight_batches > 1)
+            if not batch:
+                return
             coded = _coded(batch)
             spans = [item.trace for item in batch]
             with tracing.batch_span("entry_batch", spans, model=self.member, rows=len(coded), merged=len(batch)):
@@ -120,6 +137,8 @@ class _Lane:
             if not isinstance(exc, Exception):
                 raise
         finally:
+            if not taken:  # cancelled before taking its rows
+                self.starting = False
             self.inflight -= 1
             self.dispatch()
 

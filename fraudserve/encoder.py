@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -50,10 +49,9 @@ class RecordEncoder:
         return [cell(record.get(name), path) for name, cell in self._cells]
 
 
-@lru_cache(maxsize=16)
 def encoder_for(schema: FeatureSchema) -> RecordEncoder:
     """The compiled encoder of a schema (schemas are frozen, so one per schema is enough)."""
-    return RecordEncoder(schema)
+    return schema.compiled(RecordEncoder)
 
 
 def _compile(feature: Feature) -> CellEncoder:

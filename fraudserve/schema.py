@@ -7,14 +7,16 @@ validate and encode rows exactly as training did.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal
+from collections.abc import Callable, Mapping, Sequence
+from functools import cached_property
+from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from fraudserve.errors import InvalidInput
 
+T = TypeVar("T")
 FeatureKind = Literal["float", "int", "bool", "category"]
 
 
@@ -53,6 +55,22 @@ class FeatureSchema(BaseModel):
         if self.label in names:
             raise ValueError("the label cannot also be a feature")
         return self
+
+    @cached_property
+    def _compiled(self) -> dict[Callable[[FeatureSchema], Any], Any]:
+        return {}
+
+    def compiled(self, build: Callable[[FeatureSchema], T]) -> T:
+        """``build(self)``, made once per schema: encoders, decoders and bounds compiled from it (it is frozen).
+
+        Kept on the instance, not in an ``lru_cache``: hashing a schema walks every feature, per request.
+        """
+        cache = self._compiled
+        try:
+            return cache[build]  # type: ignore[no-any-return]
+        except KeyError:
+            value = cache[build] = build(self)
+            return value
 
     @property
     def names(self) -> list[str]:
@@ -152,24 +170,38 @@ def encode_value(feature: Feature, value: Any, field: str) -> float:
     return number
 
 
+def _bounds(schema: FeatureSchema) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per column: the lowest and highest valid value, and whether it must be a whole number.
+
+    A category code is a whole number in [0, n - 1] and a boolean one in [0, 1], so every kind is a range check
+    plus, for all but floats, an integrality check.
+    """
+    lo = np.full(len(schema.features), -np.inf)
+    hi = np.full(len(schema.features), np.inf)
+    integral = np.zeros(len(schema.features), dtype=bool)
+    for c, f in enumerate(schema.features):
+        if f.kind == "category":
+            assert f.categories is not None
+            lo[c], hi[c] = 0.0, float(len(f.categories) - 1)
+        elif f.kind == "bool":
+            lo[c], hi[c] = 0.0, 1.0
+        else:
+            if f.minimum is not None:
+                lo[c] = f.minimum
+            if f.maximum is not None:
+                hi[c] = f.maximum
+        integral[c] = f.kind != "float"
+    return lo, hi, integral
+
+
 def invalid_mask(schema: FeatureSchema, matrix: np.ndarray) -> np.ndarray:
-    """Per cell: True where an encoded value breaks the schema (vectorised, for big frames)."""
-    bad = ~np.isfinite(matrix)
+    """Per cell: True where an encoded value breaks the schema (vectorised over the whole matrix)."""
+    lo, hi, integral = schema.compiled(_bounds)
     with np.errstate(invalid="ignore"):
-        for c, f in enumerate(schema.features):
-            col = matrix[:, c]
-            if f.kind == "category":
-                assert f.categories is not None
-                bad[:, c] |= (col < 0) | (col >= len(f.categories)) | (col != np.floor(col))
-            elif f.kind == "bool":
-                bad[:, c] |= (col != 0) & (col != 1)
-            else:
-                if f.kind == "int":
-                    bad[:, c] |= col != np.floor(col)
-                if f.minimum is not None:
-                    bad[:, c] |= col < f.minimum
-                if f.maximum is not None:
-                    bad[:, c] |= col > f.maximum
+        bad = ~np.isfinite(matrix)
+        bad |= matrix < lo
+        bad |= matrix > hi
+        bad |= integral & (matrix != np.floor(matrix))
     return bad
 
 

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from fraudserve.errors import InvalidInput, PayloadTooLarge
+from fraudserve.oip.column_decoder import decoder_for
 from fraudserve.schema import Feature, FeatureSchema
 
 DTYPES: dict[str, np.dtype[Any]] = {
@@ -191,7 +192,15 @@ def decode(tensor: Input) -> Tensor:
 
 
 def decode_matrix(schema: FeatureSchema, inputs: Sequence[Input]) -> tuple[np.ndarray, str]:
-    """``features_matrix`` of the decoded inputs; call ``check_inputs`` first."""
+    """``features_matrix`` of the decoded inputs; call ``check_inputs`` first.
+
+    The common request (one plain tensor per feature) is written straight into the matrix
+    (fraudserve/oip/column_decoder.py); anything else is decoded tensor by tensor.
+    """
+    if all(isinstance(t, WireTensor) for t in inputs):
+        matrix = decoder_for(schema).matrix(inputs)
+        if matrix is not None:
+            return matrix, "inputs"
     return features_matrix(schema, [decode(t) for t in inputs])
 
 

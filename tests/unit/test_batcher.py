@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from fraudserve.batcher import RowBatcher
+from fraudserve.batcher import TAKE_AFTER_TURNS, RowBatcher
 from fraudserve.errors import Unavailable
 from fraudserve.rollout.versions import version_code
 
@@ -50,7 +50,7 @@ def rows(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0, 100, size=(n, 4))
 
 
-async def turns(n: int = 5) -> None:
+async def turns(n: int = TAKE_AFTER_TURNS + 5) -> None:
     """Let the loop run the tasks that are ready (dispatch, gather) without any clock involved."""
     for _ in range(n):
         await asyncio.sleep(0)
@@ -90,6 +90,21 @@ def test_a_lone_request_is_sent_at_once_without_waiting_for_a_full_batch() -> No
         return runners
 
     asyncio.run(run())
+
+
+def test_requests_submitted_while_a_batch_starts_join_it() -> None:
+    """Scored in the worker a batch never yields: rows submitted in the turns before it starts must join it."""
+
+    async def run() -> FakeRunners:
+        runners = FakeRunners()
+        b = batcher(runners)
+        first = asyncio.ensure_future(b.score("v1", MEMBERS, rows(1, seed=0)))
+        await turns(1)
+        later = asyncio.ensure_future(b.score("v1", MEMBERS, rows(2, seed=1)))
+        await asyncio.gather(first, later)
+        return runners
+
+    assert asyncio.run(run()).batches() == [3]
 
 
 def test_rows_arriving_during_a_batch_form_the_next_one() -> None:

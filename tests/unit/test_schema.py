@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from fraudserve.errors import InvalidInput
-from fraudserve.schema import Feature, FeatureSchema
+from fraudserve.schema import Feature, FeatureSchema, invalid_mask
 from models.transactions import TRANSACTION_SCHEMA, generate_transactions
 
 ROW = {
@@ -98,3 +98,38 @@ def test_schema_rejects_inconsistent_definitions() -> None:
         Feature(name="x", kind="float", minimum=2, maximum=1)
     with pytest.raises(ValidationError):
         FeatureSchema(features=(Feature(name="a", kind="bool"), Feature(name="a", kind="bool")))
+
+
+def _reference_invalid_mask(matrix: np.ndarray) -> np.ndarray:
+    """The per-kind definition the vectorised bounds of fraudserve.schema.invalid_mask must keep."""
+    bad = ~np.isfinite(matrix)
+    with np.errstate(invalid="ignore"):
+        for c, f in enumerate(TRANSACTION_SCHEMA.features):
+            col = matrix[:, c]
+            if f.kind == "category":
+                assert f.categories is not None
+                bad[:, c] |= (col < 0) | (col >= len(f.categories)) | (col != np.floor(col))
+            elif f.kind == "bool":
+                bad[:, c] |= (col != 0) & (col != 1)
+            else:
+                if f.kind == "int":
+                    bad[:, c] |= col != np.floor(col)
+                if f.minimum is not None:
+                    bad[:, c] |= col < f.minimum
+                if f.maximum is not None:
+                    bad[:, c] |= col > f.maximum
+    return bad
+
+
+def test_invalid_mask_matches_the_per_kind_rules() -> None:
+    rng = np.random.default_rng(5)
+    good = TRANSACTION_SCHEMA.encode_records(
+        generate_transactions(400, seed=8).drop(columns="is_fraud").to_dict("records")
+    )
+    noisy = good.copy()
+    cells = rng.random(noisy.shape) < 0.2
+    odd = rng.choice([np.nan, np.inf, -np.inf, -1.0, 0.5, 1.0, 2.0, 1e9, -1e9, 3.0, 24.0, 23.5], size=noisy.shape)
+    noisy[cells] = odd[cells]
+    np.testing.assert_array_equal(invalid_mask(TRANSACTION_SCHEMA, noisy), _reference_invalid_mask(noisy))
+    assert not invalid_mask(TRANSACTION_SCHEMA, good).any()
+    assert invalid_mask(TRANSACTION_SCHEMA, noisy).any()
