@@ -41,6 +41,16 @@ class Feature(BaseModel):
         return self
 
 
+class _Derived(dict[Callable[["FeatureSchema"], Any], Any]):
+    """What a schema compiled from its fields. pydantic compares models by ``__dict__`` first, where this cache
+    lives too: it must not decide (nor fail on numpy values), so it equals any other."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Derived)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class FeatureSchema(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -57,8 +67,8 @@ class FeatureSchema(BaseModel):
         return self
 
     @cached_property
-    def _compiled(self) -> dict[Callable[[FeatureSchema], Any], Any]:
-        return {}
+    def _compiled(self) -> _Derived:
+        return _Derived()
 
     def compiled(self, build: Callable[[FeatureSchema], T]) -> T:
         """``build(self)``, made once per schema: encoders, decoders and bounds compiled from it (it is frozen).

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import bentoml
 
+from fraudserve.metrics import labelled
+
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 GRPC_REQUESTS = bentoml.metrics.Counter(
@@ -23,5 +25,5 @@ GRPC_LATENCY = bentoml.metrics.Histogram(
 
 
 def observe(method: str, code: str, seconds: float) -> None:
-    GRPC_REQUESTS.labels(method=method, code=code).inc()
-    GRPC_LATENCY.labels(method=method, code=code).observe(seconds)
+    labelled(GRPC_REQUESTS, method, code).inc()
+    labelled(GRPC_LATENCY, method, code).observe(seconds)

@@ -133,3 +133,23 @@ def test_invalid_mask_matches_the_per_kind_rules() -> None:
     np.testing.assert_array_equal(invalid_mask(TRANSACTION_SCHEMA, noisy), _reference_invalid_mask(noisy))
     assert not invalid_mask(TRANSACTION_SCHEMA, good).any()
     assert invalid_mask(TRANSACTION_SCHEMA, noisy).any()
+
+
+def test_compiled_objects_do_not_change_equality() -> None:
+    """What a schema compiles is cached on it: equal schemas stay equal, and comparing them does not fail."""
+    copy = FeatureSchema.model_validate(TRANSACTION_SCHEMA.model_dump())
+    other = FeatureSchema.model_validate({**TRANSACTION_SCHEMA.model_dump(), "label": "chargeback"})
+    for schema in (TRANSACTION_SCHEMA, copy, other):
+        invalid_mask(schema, np.zeros((1, len(schema.features))))  # compiles its bounds (numpy arrays)
+    assert copy == TRANSACTION_SCHEMA
+    assert TRANSACTION_SCHEMA.__eq__(copy)  # both orders
+    assert other != TRANSACTION_SCHEMA
+    assert hash(copy) == hash(TRANSACTION_SCHEMA)
+    builds: list[FeatureSchema] = []
+
+    def build(schema: FeatureSchema) -> int:
+        builds.append(schema)
+        return len(schema.features)
+
+    assert copy.compiled(build) == copy.compiled(build) == len(copy.features)
+    assert builds == [copy]  # built once per schema
