@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import select
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -35,12 +37,12 @@ class Echo(asyncio.Protocol):
 class LoopThread:
     """An event loop on a thread of its own with an AcceptThreadServer on ``sock``, like one API worker."""
 
-    def __init__(self, name: str, sock: socket.socket) -> None:
+    def __init__(self, name: str, sock: socket.socket, **options: float) -> None:
         self.live: set[asyncio.BaseTransport] = set()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.server = AcceptThreadServer(self.loop, lambda: Echo(name, self.live), sock)
+        self.server = AcceptThreadServer(self.loop, lambda: Echo(name, self.live), sock, **options)
         self.server.start()
 
     async def _close_connections(self) -> None:
@@ -111,13 +113,48 @@ def test_two_workers_on_one_socket_take_connections_in_turn(listening: socket.so
     assert all(prev != this for prev, this in itertools.pairwise(answers)), answers
 
 
+def test_a_worker_whose_loop_is_busy_leaves_a_burst_to_the_others(listening: socket.socket) -> None:
+    """An accept thread takes its next connection only once its loop took the last one: a burst is shared."""
+    port = listening.getsockname()[1]
+    # A handoff timeout far past the test: only its loop taking a connection lets the busy worker accept again.
+    busy, free = LoopThread("a", listening, handoff_timeout_s=60), LoopThread("b", listening, handoff_timeout_s=60)
+    release = threading.Event()
+    busy.loop.call_soon_threadsafe(release.wait, 30)  # the busy worker's loop is held, as by a long request
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(10)]
+    try:
+        for client in clients:
+            client.sendall(b"?")
+        answered: dict[socket.socket, str] = {}
+        deadline = time.monotonic() + 10
+        while len(answered) < 9 and time.monotonic() < deadline:
+            readable, _, _ = select.select([c for c in clients if c not in answered], [], [], 0.1)
+            for client in readable:
+                answered[client] = client.recv(16).decode()
+        # The busy worker's thread holds at most one connection (handed to its loop); the free worker takes the rest.
+        assert len(answered) >= 9 and set(answered.values()) == {"b"}, answered
+        release.set()
+        for client in clients:  # and the held one is served once the busy loop goes on
+            if client not in answered:
+                assert client.recv(16) == b"a"
+    finally:
+        release.set()
+        for client in clients:
+            client.close()
+        busy.stop()
+        free.stop()
+
+
 def test_a_closed_server_serves_no_new_connection(listening: socket.socket) -> None:
     port = listening.getsockname()[1]
     worker = LoopThread("a", listening)
     assert ask(port) == "a"
+    for _ in range(500):  # back in accept(): closing cannot stop the call it is in
+        if waiting_in_accept(worker.server._thread):
+            break
+        time.sleep(0.01)
     worker.server.close()
     assert not worker.server.is_serving()
-    # The accept thread may still take one connection: it is closed (or reset), not served.
+    # The accept thread takes the next connection still: it is closed (or reset), not served.
     with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
         client.sendall(b"?")
         try:
