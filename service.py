@@ -97,6 +97,7 @@ class FraudDetection:
     async def start_oip(self) -> None:
         """Open Inference Protocol on this worker's core: REST under /v2, gRPC on FRAUD_GRPC_PORT."""
         self.oip = await oip.start(self.core, settings)
+        service_options.freeze_heap()  # start-up is over: no gen-2 pauses over what it loaded
 
     @bentoml.on_shutdown
     async def stop_oip(self) -> None:

@@ -4,7 +4,8 @@
 
 Same route and body as the bundle's ``POST /predict`` (``{"transactions": {...}}``), same kind of
 ``@bentoml.api`` method, no model and no runner: what is left is BentoML's own cost per request. It runs
-with the bundle's BentoML options (access log, tracing, the request-timeout fix, the accept thread),
+with the bundle's BentoML options (access log, tracing, the request-timeout fix, the accept thread, the frozen
+start-up heap),
 so the ratio compares like with like. The bundle's ``/predict`` is a mounted Starlette app, which skips
 ``@bentoml.api``'s input models, so it can exceed this "ceiling".
 ``BENCH_TRIVIAL_WORKERS`` (read at import, as the bundle reads FRAUD_API_WORKERS) sets the worker
@@ -32,6 +33,10 @@ _ANSWER = {"predictions": [{"fraud_probability": 0.0, "is_fraud": False}]}
     **service_options.common_options(settings),
 )
 class Trivial:
+    @bentoml.on_startup
+    def settle_heap(self) -> None:
+        service_options.freeze_heap()  # as the bundle's workers do
+
     @bentoml.api(route="/predict")
     async def predict(self, transactions: dict[str, Any]) -> dict[str, Any]:
         return _ANSWER

@@ -6,6 +6,7 @@ The entry service (service.py), the runners (runners/factory.py) and the benchma
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
@@ -23,6 +24,16 @@ def prepare_process(settings: Settings) -> None:
     bentoml_fixes.apply()  # BentoML's request timeout holds every request for 60 s (see there)
     if settings.accept_balancing:
         accept.install()
+
+
+def freeze_heap() -> None:
+    """At the end of a worker's start-up: what it has loaded (BentoML, the models) leaves the collector's reach.
+
+    Every gen-2 collection walked all of it: pauses of 100-130 ms every few seconds under single-row load, in
+    1 % of requests, so the p99 (OIP REST at 8 connections: 94 ms, 7.8 ms frozen; measured with gc.callbacks).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def common_options(settings: Settings) -> dict[str, Any]:

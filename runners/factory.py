@@ -46,6 +46,10 @@ def build_runner(kind: str, runtime: Runtime | None = None) -> Any:
             )
             self.tag = tag
 
+        @bentoml.on_startup
+        def settle_heap(self) -> None:
+            service_options.freeze_heap()
+
         @property
         def runtime(self) -> str:
             return self.member.runtime

@@ -91,3 +91,18 @@ def test_an_app_failing_before_it_answers_fails_at_once_not_at_the_timeout() -> 
 
     with pytest.raises(RuntimeError, match="broken before answering"):
         asyncio.run(scenario())
+
+
+def test_freeze_heap_moves_what_start_up_loaded_out_of_the_collectors_reach() -> None:
+    import gc
+
+    from fraudserve.service_options import freeze_heap
+
+    loaded = [[i] for i in range(1000)]  # as a start-up's modules and models
+    try:
+        freeze_heap()
+        assert gc.get_freeze_count() >= len(loaded)
+        collected_over = {id(o) for o in gc.get_objects(generation=2)}
+        assert not any(id(x) in collected_over for x in loaded)
+    finally:
+        gc.unfreeze()
