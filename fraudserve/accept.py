@@ -10,7 +10,7 @@ turn. Each accepted connection is handed to the worker's event loop, which serve
 
 Wake-one alone does not spread a burst: a woken thread that finds more connections queued takes them without
 waiting again, so one idle thread could drain all 64 of wrk's connections in microseconds while the other was
-still being scheduled (2 runs of 2 here, 1,411 against ~3,000 req/s). So a thread takes its next connection only
+still being scheduled (2 runs of 2 here, 1,411 against ~2,700 req/s). So a thread takes its next connection only
 once its loop has taken the previous one (or ``handoff_timeout_s`` passed): meanwhile the other workers take
 theirs, and a busy worker, whose loop answers later, takes fewer.
 
