@@ -48,8 +48,6 @@ class _Derived(dict[Callable[["FeatureSchema"], Any], Any]):
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _Derived)
 
-    __hash__ = None  # type: ignore[assignment]
-
 
 class FeatureSchema(BaseModel):
     model_config = ConfigDict(frozen=True)

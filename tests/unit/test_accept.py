@@ -90,14 +90,19 @@ def waiting_in_accept(thread: threading.Thread) -> bool:
         pytest.skip("no /proc/self/task/*/wchan on this system")
 
 
-def ask_when_all_wait(port: int, workers: list[LoopThread]) -> str:
-    # A worker that has not gone back to accept() yet (a busy machine) cannot take the connection; once all
-    # wait, Linux wakes the one that has waited longest.
+def until_all_wait_in_accept(workers: list[LoopThread]) -> None:
+    # A worker that has not gone back to accept() yet (a busy machine) cannot take a connection.
     for _ in range(500):
         if all(waiting_in_accept(w.server._thread) for w in workers):
-            return ask(port)
-        threading.Event().wait(0.01)
+            return
+        time.sleep(0.01)
     raise AssertionError("the accept threads never all waited in accept()")
+
+
+def ask_when_all_wait(port: int, workers: list[LoopThread]) -> str:
+    # Once all wait, Linux wakes the one that has waited longest.
+    until_all_wait_in_accept(workers)
+    return ask(port)
 
 
 def test_two_workers_on_one_socket_take_connections_in_turn(listening: socket.socket) -> None:
@@ -148,10 +153,7 @@ def test_a_closed_server_serves_no_new_connection(listening: socket.socket) -> N
     port = listening.getsockname()[1]
     worker = LoopThread("a", listening)
     assert ask(port) == "a"
-    for _ in range(500):  # back in accept(): closing cannot stop the call it is in
-        if waiting_in_accept(worker.server._thread):
-            break
-        time.sleep(0.01)
+    until_all_wait_in_accept([worker])  # back in accept(): closing cannot stop the call it is in
     worker.server.close()
     assert not worker.server.is_serving()
     # The accept thread takes the next connection still: it is closed (or reset), not served.
